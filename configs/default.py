@@ -1,0 +1,61 @@
+"""The base config: He et al. 2015's CIFAR-10 recipe (section 4.2) for ResNet-56.
+
+Every experiment file in configs/ imports `get_config` from here and overrides a few
+fields. Any field can be overridden on the command line, e.g. `--config.model.depth=110`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "cifar_resnet"  # a name in nets.names()
+  config.model.depth = 56  # 6n+2 layers: 20, 32, 44, 56, 110, 1202
+  config.model.residual = True  # False: the plain net, same layers without shortcuts
+  config.model.shortcut = "A"  # where the shape changes: "A" zero-pad (no params), "B" 1x1 conv
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "cifar10"  # a TFDS image classification dataset
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
+  config.dataset.download = True  # prepare the data with TFDS when it is missing (needs a network)
+  config.dataset.validation_size = 0  # hold out the last N train images (the paper's 45k/5k split: 5000)
+  config.dataset.cache_dir = "~/.cache/depthlab"  # decoded uint8 arrays are cached here; "" turns it off
+  config.dataset.crop_padding = 4  # zero-pad each side by this, then crop back at random
+  config.dataset.random_flip = True  # horizontal flip with probability 1/2
+
+  config.batch_size = 128  # global: split evenly over all devices of all processes
+  config.total_steps = 64_000  # training iterations
+  config.learning_rate = 0.1  # SGD learning rate after warm-up
+  config.lr_boundaries = (32_000, 48_000)  # steps at which the rate is multiplied by lr_decay
+  config.lr_decay = 0.1  # factor applied at each boundary
+  config.warmup_steps = 0  # train at warmup_learning_rate for this many steps first (110 layers: 400)
+  config.warmup_learning_rate = 0.01  # the rate during warm-up
+  config.momentum = 0.9  # SGD momentum
+  config.weight_decay = 1e-4  # L2 penalty on every parameter, added to the gradient
+
+  config.dtype = "float32"  # compute dtype of the network; params and BN statistics stay float32
+  config.parallelism = "pmap"  # "pmap" or "shard_map" (jax.jit over a device mesh)
+  config.num_devices = 0  # local devices to train on; 0: all of them
+  config.cross_replica_bn = False  # batch-norm statistics over the global batch instead of per device
+
+  config.log_every_steps = 100  # write training metrics (averaged since the last line) this often
+  config.eval_every_steps = 1_000  # evaluate the whole test split this often, and at the end
+  config.checkpoint_every_steps = 1_000  # save the train state this often, and at the end
+  config.eval_batch_size = 1_000  # images per evaluation chunk (global)
+  config.seed = 0  # seeds the initialisation, the data order and the augmentation
+
+  config.wandb = ml_collections.ConfigDict()
+  config.wandb.mode = "auto"  # auto: $WANDB_MODE, else online with credentials, else offline; or online/offline/disabled
+  config.wandb.project = "depthlab"  # wandb project
+  config.wandb.entity = ml_collections.config_dict.placeholder(str)  # wandb entity (team); None: your default
+  config.wandb.group = ml_collections.config_dict.placeholder(str)  # runs grouped under this name
+
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.initialize = False  # call jax.distributed.initialize() (also when $JAX_COORDINATOR_ADDRESS is set)
+  config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)  # host:port of process 0
+  config.distributed.num_processes = ml_collections.config_dict.placeholder(int)  # None: detected
+  config.distributed.process_id = ml_collections.config_dict.placeholder(int)  # None: detected
+
+  return config

@@ -1,0 +1,110 @@
+"""The CIFAR-10 networks of He et al. 2015 (Deep Residual Learning, section 4.2).
+
+    layer          output    filters   blocks
+    conv 3x3       32x32     16        -
+    stage 1        32x32     16        n blocks of two 3x3 convs
+    stage 2        16x16     32        n blocks (stride 2 in the first)
+    stage 3        8x8       64        n blocks (stride 2 in the first)
+    global avg pool, 10-way dense, softmax
+
+Depth is 6n + 2 (20, 32, 44, 56, 110, 1202). Batch norm follows every convolution,
+ReLU follows batch norm. `residual=False` gives the plain counterpart: the same
+layers without shortcuts. Where a residual block changes the shape, the shortcut is
+option A (subsample by 2 and pad the new channels with zeros: no parameters, the
+paper's choice for CIFAR) or option B (1x1 convolution + batch norm).
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# He et al. 2015 ("Delving deep into rectifiers"): zero-mean normal, std sqrt(2 / fan_in).
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+STAGE_WIDTHS = (16, 32, 64)
+SHORTCUTS = ("A", "B")
+
+
+def blocks_per_stage(depth: int) -> int:
+  """Returns n for a depth 6n+2, or raises ValueError naming valid depths."""
+  if depth < 8 or (depth - 2) % 6:
+    raise ValueError(
+        f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202, ...); got {depth}."
+        " Set --config.model.depth to one of those.")
+  return (depth - 2) // 6
+
+
+class ShortcutA(nn.Module):
+  """Parameter-free shortcut: stride-2 subsampling, new channels zero."""
+  features: int
+  strides: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = x[:, ::self.strides, ::self.strides, :]
+    extra = self.features - x.shape[-1]
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 conv + BN layers; with `residual`, the input is added before the last ReLU."""
+  features: int
+  strides: int
+  residual: bool
+  shortcut: str
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.features, (3, 3), self.strides)(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.features, (3, 3))(y)
+    y = self.norm()(y)
+    if not self.residual:
+      return nn.relu(y)
+    if x.shape == y.shape:
+      shortcut = x
+    elif self.shortcut == "A":
+      shortcut = ShortcutA(self.features, self.strides)(x)
+    else:
+      shortcut = self.conv(self.features, (1, 1), self.strides, name="proj_conv")(x)
+      shortcut = self.norm(name="proj_bn")(shortcut)
+    return nn.relu(y + shortcut)
+
+
+class CifarResNet(nn.Module):
+  """ResNet (or plain net) of depth 6n+2 for 32x32 inputs."""
+  depth: int = 56
+  residual: bool = True
+  shortcut: str = "A"
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None  # set to the device axis for cross-replica batch norm
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    n = blocks_per_stage(self.depth)
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f"model.shortcut must be one of {SHORTCUTS}; got {self.shortcut!r}.")
+    # Symmetric padding of k//2, as in the paper (Caffe): XLA's "SAME" would pad a
+    # stride-2 3x3 conv on the bottom/right only and shift the sampling grid.
+    conv = lambda features, kernel, strides=1, **kw: nn.Conv(
+        features, kernel, strides, padding=[(k // 2, k // 2) for k in kernel],
+        use_bias=False, kernel_init=he_normal, dtype=self.dtype, **kw)
+    norm = lambda **kw: nn.BatchNorm(
+        use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+        dtype=self.dtype, axis_name=self.axis_name if train else None, **kw)
+
+    x = jnp.asarray(x, self.dtype)
+    x = nn.relu(norm()(conv(STAGE_WIDTHS[0], (3, 3))(x)))
+    for stage, features in enumerate(STAGE_WIDTHS):
+      for block in range(n):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(features, strides, self.residual, self.shortcut, conv, norm)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    return jnp.asarray(x, jnp.float32)
