@@ -1,0 +1,265 @@
+"""Trains a network from nets/ on CIFAR-10 as a config from configs/ describes.
+
+    python train.py --config=configs/resnet56.py
+    python train.py --config=configs/plain56.py --config.total_steps=2000 --workdir=runs/plain56
+
+The step is written once for one device (`train_step`) and run on all devices by
+parallel.Replicas (pmap or jit + shard_map). The training split lives on every device
+as uint8; each step gathers, augments and normalises its own slice of the global batch
+on the device, so the host only dispatches.
+"""
+
+import functools
+import math
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags
+from flax.training import train_state
+from ml_collections import config_flags
+
+import input_pipeline
+import nets
+import parallel
+import writers
+
+AXIS = parallel.AXIS
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "A config file from configs/, e.g. configs/resnet56.py.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where the run writes (config.json, metrics.jsonl, wandb). "
+                    "Default: runs/<run name>.")
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+def run_name(config: ml_collections.ConfigDict) -> str:
+  """A short name that says what the run trains: resnet56, plain20, resnet32-B-seed3, ..."""
+  model = config.model
+  if model.name == "cifar_resnet":
+    name = f"{'resnet' if model.residual else 'plain'}{model.depth}"
+    if model.residual and model.shortcut != "A":
+      name += f"-{model.shortcut}"
+  else:
+    name = model.name
+  return name + (f"-seed{config.seed}" if config.seed else "")
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Warm-up rate until `warmup_steps`, then `learning_rate`, times `lr_decay` at each boundary."""
+  boundaries = {b: config.lr_decay for b in config.lr_boundaries}
+  if not config.warmup_steps:
+    return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+  boundaries[config.warmup_steps] = config.learning_rate / config.warmup_learning_rate
+  return optax.piecewise_constant_schedule(config.warmup_learning_rate, dict(sorted(boundaries.items())))
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD with momentum; weight decay as an L2 term added to the gradient (as in the paper's Caffe)."""
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(learning_rate_schedule(config), momentum=config.momentum))
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  return nets.create(
+      config.model.name, num_classes=num_classes, dtype=jnp.dtype(config.dtype),
+      axis_name=AXIS if config.cross_replica_bn else None, **{
+          k: v for k, v in config.model.items() if k != "name"})
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array,
+                       image_shape: tuple[int, ...]) -> TrainState:
+  """Initialises parameters, batch statistics and the optimizer state (under jit: fast start-up)."""
+  @jax.jit
+  def init(key):
+    variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                             batch_stats=variables["batch_stats"], tx=create_optimizer(config))
+  return init(key)
+
+
+def loss_and_error(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-example softmax cross-entropy and top-1 error (0 or 1)."""
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  error = (jnp.argmax(logits, -1) != labels).astype(jnp.float32)
+  return loss, error
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
+  """One SGD step on this device's part of the global batch; gradients averaged over devices."""
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        mutable=["batch_stats"], rngs={"dropout": rng})
+    loss, error = loss_and_error(logits, batch["label"])
+    return loss.mean(), (error.mean(), updates["batch_stats"])
+
+  (loss, (error, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, AXIS)
+  # Batch norm normalises with this device's statistics (or the global batch's with
+  # cross_replica_bn); the running averages are kept equal on all devices.
+  batch_stats = jax.lax.pmean(batch_stats, AXIS)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = {"train_loss": loss, "train_error": error}
+  return state, jax.lax.pmean(metrics, AXIS)
+
+
+def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key: jax.Array, *,
+                         config: ml_collections.ConfigDict, num_devices: int) -> tuple[TrainState, dict]:
+  """Builds this device's slice of the step's global batch from the on-device dataset, then steps."""
+  order_key, augment_key, dropout_key = jax.random.split(key, 3)
+  step = state.step
+  global_batch = config.batch_size
+  local_batch = global_batch // num_devices
+  start = jax.lax.axis_index(AXIS) * local_batch
+  indices = input_pipeline.global_batch_indices(order_key, step, len(data["label"]), global_batch)
+  offsets, flips = input_pipeline.sample_augmentation(
+      jax.random.fold_in(augment_key, step), global_batch, config.dataset.crop_padding,
+      config.dataset.random_flip)
+  mine = lambda x: jax.lax.dynamic_slice_in_dim(x, start, local_batch)
+  local = mine(indices)
+  images = input_pipeline.normalize(data["image"][local], data["mean"])
+  images = input_pipeline.pad_crop_flip(images, mine(offsets), mine(flips), config.dataset.crop_padding)
+  batch = {"image": images, "label": data["label"][local]}
+  rng = jax.random.fold_in(jax.random.fold_in(dropout_key, step), jax.lax.axis_index(AXIS))
+  return train_step(state, batch, rng)
+
+
+def eval_on_device(state: TrainState, split: dict[str, jax.Array], mean: jax.Array) -> dict[str, jax.Array]:
+  """Summed loss, errors and count over this device's share of a split, summed over devices.
+
+  `split` holds [chunks, chunk_size, ...] arrays and a mask that is 0 on the padding.
+  """
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+  def chunk_sums(totals, chunk):
+    logits = state.apply_fn(variables, input_pipeline.normalize(chunk["image"], mean), train=False)
+    loss, error = loss_and_error(logits, chunk["label"])
+    sums = {"loss": (loss * chunk["mask"]).sum(), "errors": (error * chunk["mask"]).sum(),
+            "count": chunk["mask"].sum()}
+    return jax.tree_util.tree_map(jnp.add, totals, sums), None
+
+  zeros = {"loss": 0.0, "errors": 0.0, "count": 0.0}
+  totals, _ = jax.lax.scan(chunk_sums, zeros, split)
+  return jax.lax.psum(totals, AXIS)
+
+
+def shard_for_eval(split: input_pipeline.Split, num_devices: int, batch_size: int) -> dict[str, np.ndarray]:
+  """Lays a split out as [devices, chunks, chunk_size, ...], padded and masked to fit."""
+  chunk = math.ceil(batch_size / num_devices)
+  per_device = math.ceil(len(split) / (num_devices * chunk)) * chunk
+  pad = num_devices * per_device - len(split)
+  arrays = {"image": split.images, "label": split.labels, "mask": np.ones(len(split), np.float32)}
+  return {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]).reshape(
+      num_devices, per_device // chunk, chunk, *v.shape[1:]) for k, v in arrays.items()}
+
+
+def check_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  if config.batch_size % num_devices:
+    raise ValueError(
+        f"batch_size {config.batch_size} does not divide over {num_devices} devices; "
+        f"use a multiple of {num_devices} (--config.batch_size=...) or fewer devices (--config.num_devices=...).")
+
+
+def summarize(window: list[dict[str, jax.Array]], replicas: parallel.Replicas) -> dict[str, float]:
+  """Means of the metrics of the steps since the last line (one transfer for all of them)."""
+  stacked = replicas.to_host(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *window))
+  return {k: float(np.mean(v)) for k, v in stacked.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains for config.total_steps, evaluating as configured; returns the final metrics."""
+  run_start = time.perf_counter()
+  parallel.maybe_initialize_distributed(config.distributed)
+  replicas = parallel.Replicas(config.parallelism, config.num_devices)
+  check_batch_size(config, replicas.count)
+  is_main = jax.process_index() == 0
+
+  dataset = input_pipeline.load_dataset(config.dataset)
+  model = create_model(config, dataset.num_classes)
+  init_key, data_key = jax.random.split(jax.random.key(config.seed))
+  state = create_train_state(config, model, init_key, dataset.train.images.shape[1:])
+  num_params = nets.count_params(state.params)
+  writer = writers.MetricWriter(workdir, config, run_name(config), num_params, active=is_main)
+  schedule = learning_rate_schedule(config)
+
+  train_fn = replicas.parallelize(
+      functools.partial(train_step_on_device, config=config, num_devices=replicas.count),
+      donate_argnums=(0,))
+  eval_fn = replicas.parallelize(eval_on_device, sharded_argnums=(1,))
+  state = replicas.replicate(state)
+  train_data = replicas.replicate({
+      "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
+  eval_data = {name: replicas.shard(shard_for_eval(split, replicas.count, config.eval_batch_size))
+               for name, split in dataset.eval_splits.items()}
+  data_key = replicas.replicate(data_key)
+
+  def evaluate() -> dict[str, float]:
+    results = {}
+    for name, split in eval_data.items():
+      sums = replicas.to_host(eval_fn(state, split, train_data["mean"]))
+      results[f"{name}_loss"] = float(sums["loss"] / sums["count"])
+      results[f"{name}_error"] = float(sums["errors"] / sums["count"])
+    return results
+
+  window, window_start, step = [], None, 0
+  seconds_per_step = 0.0
+  for step in range(1, config.total_steps + 1):
+    state, metrics = train_fn(state, train_data, data_key)
+    window.append(metrics)
+    if step == 1:  # the first step compiles; time it alone, and leave it out of throughput
+      jax.block_until_ready(metrics)
+      window_start, window_first_step = time.perf_counter(), 2
+      if is_main:
+        print(f"First step (compilation included) {window_start - run_start:.1f}s after start.", flush=True)
+    line = {}
+    if step % config.log_every_steps == 0 or step == config.total_steps:
+      line = summarize(window, replicas)
+      if not all(math.isfinite(v) for v in line.values()):
+        raise FloatingPointError(
+            f"Training diverged: non-finite loss at step {step} ({line}). Lower "
+            f"--config.learning_rate or check the data.")
+      now = time.perf_counter()
+      timed_steps = step - window_first_step + 1
+      if timed_steps > 0:
+        seconds_per_step = (now - window_start) / timed_steps
+        line["images_per_sec"] = config.batch_size / seconds_per_step
+      line["lr"] = float(schedule(step - 1))
+      window, window_start, window_first_step = [], now, step + 1
+    if step % config.eval_every_steps == 0 or step == config.total_steps:
+      eval_start = time.perf_counter()
+      line.update(evaluate())
+      window_start += time.perf_counter() - eval_start  # evaluation is not training time
+    if line:
+      writer.write(step, line)
+      writer.progress(step, line, seconds_per_step)
+
+  final = {**line, "wall_time_sec": time.perf_counter() - run_start, "num_params": num_params}
+  if is_main:
+    print(f"Done: {run_name(config)} after {step} steps: test error {100 * final.get('test_error', float('nan')):.2f}%, "
+          f"wall time {writers.format_duration(final['wall_time_sec'])}.", flush=True)
+  writer.close(final)
+  return final
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = FLAGS.config
+  train_and_evaluate(config, FLAGS.workdir or os.path.join("runs", run_name(config)))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

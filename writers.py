@@ -1,0 +1,123 @@
+"""Where a run's metrics go: the console, `metrics.jsonl` in the workdir, and wandb.
+
+Only process 0 writes; the others get a `MetricWriter` that does nothing. A wandb
+failure is reported once and never stops training.
+"""
+
+import json
+import netrc
+import os
+import sys
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+import ml_collections
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def flatten_config(config: ml_collections.ConfigDict, prefix: str = "config.") -> dict[str, Any]:
+  """{'config.model.depth': 56, ...}: the names sweeps use for the same fields."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(flatten_config(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def has_wandb_credentials(environ: Mapping[str, str] = os.environ, netrc_path: str | None = None) -> bool:
+  """True if $WANDB_API_KEY is set or the netrc file has an entry for the wandb host."""
+  if environ.get("WANDB_API_KEY"):
+    return True
+  host = urlparse(environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+  try:
+    return netrc.netrc(netrc_path).authenticators(host) is not None
+  except (FileNotFoundError, netrc.NetrcParseError):
+    return False
+
+
+def resolve_wandb_mode(mode: str, environ: Mapping[str, str] = os.environ, netrc_path: str | None = None) -> str:
+  """The wandb mode a run uses: never one that would stop at wandb's interactive login prompt."""
+  if mode not in WANDB_MODES:
+    raise ValueError(f"wandb.mode must be one of {WANDB_MODES}; got {mode!r}.")
+  if mode == "auto":
+    mode = environ.get("WANDB_MODE") or "online"
+  if mode == "online" and not has_wandb_credentials(environ, netrc_path):
+    print("wandb: no credentials (WANDB_API_KEY or `wandb login`); logging offline, "
+          "`wandb sync` uploads later.", flush=True)
+    mode = "offline"
+  return mode
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class MetricWriter:
+  """Writes metrics lines to metrics.jsonl, the console and wandb."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, run_name: str,
+               num_params: int, active: bool = True):
+    self.active = active
+    self.total_steps = config.total_steps
+    self._wandb_run = None
+    if not active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump({**config.to_dict(), "num_params": num_params}, f, indent=2, default=str)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    print(f"{run_name}: {num_params:,} parameters; writing to {workdir}", flush=True)
+    self._start_wandb(workdir, config, run_name, num_params)
+
+  def _start_wandb(self, workdir, config, run_name, num_params):
+    mode = resolve_wandb_mode(config.wandb.mode)
+    if mode == "disabled":
+      return
+    try:
+      import wandb  # pylint: disable=g-import-not-at-top
+      self._wandb_run = wandb.init(
+          project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
+          name=run_name, config=flatten_config(config), mode=mode, dir=workdir)
+      self._wandb_run.summary["num_params"] = num_params
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"wandb: could not start ({e}); training goes on without it.", file=sys.stderr, flush=True)
+      self._wandb_run = None
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Records one line of metrics at `step` (the number of steps done)."""
+    if not self.active:
+      return
+    line = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(line) + "\n")
+    if self._wandb_run is not None:
+      try:
+        self._wandb_run.log(dict(metrics), step=step)
+      except Exception as e:  # pylint: disable=broad-except
+        print(f"wandb: log failed ({e}); stopping wandb, training goes on.", file=sys.stderr, flush=True)
+        self._wandb_run = None
+
+  def progress(self, step: int, metrics: Mapping[str, float], seconds_per_step: float) -> None:
+    """Prints one console line: step, loss, error, rate, throughput, ETA."""
+    if not self.active:
+      return
+    eta = format_duration((self.total_steps - step) * seconds_per_step)
+    parts = [f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%)"]
+    parts += [f"{k} {v:.4g}" for k, v in metrics.items() if k != "images_per_sec"]
+    parts += [f"{metrics.get('images_per_sec', 0):.0f} img/s", f"ETA {eta}"]
+    print(" | ".join(parts), flush=True)
+
+  def close(self, summary: Mapping[str, Any] | None = None) -> None:
+    if not self.active:
+      return
+    self._jsonl.close()
+    if self._wandb_run is not None:
+      try:
+        self._wandb_run.summary.update(dict(summary or {}))
+        self._wandb_run.finish()
+      except Exception as e:  # pylint: disable=broad-except
+        print(f"wandb: finish failed ({e}).", file=sys.stderr, flush=True)
