@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorflow_datasets as tfds
 
 # Where TFDS downloads each dataset from; probed before a download so that an
 # offline machine fails in seconds instead of retrying for minutes.
@@ -85,7 +86,6 @@ def _missing_data_message(name: str, data_dir: str, why: str) -> str:
 
 def ensure_prepared(name: str, data_dir: str, download: bool) -> None:
   """Makes sure TFDS has `name` in array_record format in `data_dir`, or raises DataNotFoundError."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
     return
@@ -104,9 +104,8 @@ def ensure_prepared(name: str, data_dir: str, download: bool) -> None:
 
 def _read_split(name: str, split: str, data_dir: str) -> Split:
   """Decodes every example of a split with tfds.data_source."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  examples = source.__getitems__(range(len(source)))
+  examples = [source[i] for i in range(len(source))]
   images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
   labels = np.asarray([e["label"] for e in examples], np.int32)
   return Split(images, labels)
@@ -162,7 +161,7 @@ def load_dataset(config: Any) -> Dataset:
     eval_splits["val"] = Split(train.images[cut:], train.labels[cut:])
     train = Split(train.images[:cut], train.labels[:cut])
 
-  num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+  num_classes = tfds.builder(config.name, data_dir=data_dir).info.features["label"].num_classes
   mean_image = (train.images.mean(axis=0, dtype=np.float64) / 255.0).astype(np.float32)
   print(f"Loaded {config.name} from {data_dir}: {len(train)} train, "
         + ", ".join(f"{len(s)} {k}" for k, s in eval_splits.items())

@@ -173,9 +173,9 @@ def check_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> Non
 
 
 def summarize(window: list[dict[str, jax.Array]], replicas: parallel.Replicas) -> dict[str, float]:
-  """Means of the metrics of the steps since the last line (one transfer for all of them)."""
-  stacked = replicas.to_host(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *window))
-  return {k: float(np.mean(v)) for k, v in stacked.items()}
+  """Means of the metrics of the steps since the last line."""
+  values = [replicas.to_host(metrics) for metrics in window]
+  return {k: float(np.mean([v[k] for v in values])) for k in values[0]}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
