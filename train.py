@@ -205,12 +205,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                for name, split in dataset.eval_splits.items()}
   data_key = replicas.replicate(data_key)
 
+  eval_examples = {}  # split -> number of images the last evaluation saw
+
   def evaluate() -> dict[str, float]:
     results = {}
     for name, split in eval_data.items():
       sums = replicas.to_host(eval_fn(state, split, train_data["mean"]))
       results[f"{name}_loss"] = float(sums["loss"] / sums["count"])
       results[f"{name}_error"] = float(sums["errors"] / sums["count"])
+      eval_examples[name] = int(sums["count"])
     return results
 
   window, window_start, step = [], None, 0
@@ -245,7 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.write(step, line)
       writer.progress(step, line, seconds_per_step)
 
-  final = {**line, "wall_time_sec": time.perf_counter() - run_start, "num_params": num_params}
+  final = {**line, "wall_time_sec": time.perf_counter() - run_start, "num_params": num_params,
+           **{f"{name}_examples": n for name, n in eval_examples.items()}}
   if is_main:
     print(f"Done: {run_name(config)} after {step} steps: test error {100 * final.get('test_error', float('nan')):.2f}%, "
           f"wall time {writers.format_duration(final['wall_time_sec'])}.", flush=True)

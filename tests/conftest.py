@@ -1,0 +1,53 @@
+"""Eight fake CPU devices for every test (set before JAX starts), and shared fixtures."""
+
+import os
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
+
+import pytest  # pylint: disable=g-import-not-at-top
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+from configs import default  # pylint: disable=g-import-not-at-top
+
+
+def real_cifar10_dir() -> str | None:
+  """$TFDS_DATA_DIR if it holds a prepared cifar10, else None."""
+  data_dir = os.environ.get("TFDS_DATA_DIR")
+  if data_dir and os.path.isdir(os.path.join(data_dir, "cifar10")):
+    return data_dir
+  return None
+
+
+requires_cifar10 = pytest.mark.skipif(
+    real_cifar10_dir() is None, reason="TFDS_DATA_DIR does not hold a prepared cifar10")
+
+
+@pytest.fixture(scope="session")
+def real_cache_dir(tmp_path_factory):
+  """One decoded-array cache for the real-data tests of a session (decoding takes ~20 s)."""
+  return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def mock_cifar10():
+  """CIFAR-10 shaped random data from TFDS's mock, 256 examples per split."""
+  with tfds.testing.mock_data(num_examples=256):
+    yield
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+  """A ResNet-8 config that trains in seconds on mock data."""
+  config = default.get_config()
+  config.model.depth = 8
+  config.batch_size = 16
+  config.total_steps = 4
+  config.log_every_steps = 2
+  config.eval_every_steps = 4
+  config.eval_batch_size = 64
+  config.num_devices = 1
+  config.wandb.mode = "disabled"
+  config.dataset.cache_dir = ""  # never cache mock data where a real run would find it
+  config.dataset.download = False
+  return config

@@ -1,0 +1,138 @@
+"""The input pipeline: loading from TFDS, caching, splitting, and the on-device augmentation."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import input_pipeline
+from configs import default
+from tests.conftest import real_cifar10_dir, requires_cifar10
+
+
+def numpy_pad_crop_flip(images, offsets, flips, padding):
+  """The reference: pad with zeros, crop each image at its offset, mirror left-right."""
+  n, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  out = np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+  return np.where(flips[:, None, None, None], out[:, :, ::-1], out)
+
+
+def test_pad_crop_flip_matches_numpy():
+  images = np.random.default_rng(0).normal(size=(64, 32, 32, 3)).astype(np.float32)
+  offsets, flips = input_pipeline.sample_augmentation(jax.random.key(0), 64, padding=4, flip=True)
+  got = jax.jit(input_pipeline.pad_crop_flip, static_argnums=3)(images, offsets, flips, 4)
+  assert got.dtype == jnp.float32 and got.shape == images.shape
+  np.testing.assert_array_equal(got, numpy_pad_crop_flip(images, np.asarray(offsets), np.asarray(flips), 4))
+
+
+def test_crop_at_the_centre_without_flip_is_the_identity():
+  images = np.arange(2 * 32 * 32 * 3, dtype=np.float32).reshape(2, 32, 32, 3)
+  got = input_pipeline.pad_crop_flip(images, jnp.full((2, 2), 4), jnp.zeros(2, bool), 4)
+  np.testing.assert_array_equal(got, images)
+
+
+def test_corner_crop_brings_in_zero_padding_and_flip_mirrors():
+  images = np.ones((1, 32, 32, 1), np.float32)
+  got = np.asarray(input_pipeline.pad_crop_flip(images, jnp.zeros((1, 2), int), jnp.ones(1, bool), 4))
+  assert got[0, :4].sum() == 0  # top rows come from the padding
+  assert got[0, 4:, -4:].sum() == 0 and got[0, 4:, :-4].min() == 1  # flipped: padding on the right
+
+
+def test_augmentation_samples_cover_the_range_and_flip_half():
+  offsets, flips = input_pipeline.sample_augmentation(jax.random.key(1), 20_000, padding=4, flip=True)
+  assert offsets.dtype == jnp.int32 and flips.dtype == jnp.bool_
+  assert set(np.unique(offsets).tolist()) == set(range(9))
+  assert 0.48 < float(flips.mean()) < 0.52
+  _, no_flips = input_pipeline.sample_augmentation(jax.random.key(1), 100, padding=4, flip=False)
+  assert not no_flips.any()
+
+
+def test_normalize_scales_to_unit_range_and_subtracts_the_mean():
+  images = np.full((1, 2, 2, 3), 255, np.uint8)
+  mean = np.full((2, 2, 3), 0.25, np.float32)
+  got = input_pipeline.normalize(images, mean)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, 0.75)
+
+
+def test_each_epoch_visits_every_example_once_in_a_new_order():
+  key, n, batch = jax.random.key(0), 100, 10
+  epoch = lambda e: np.concatenate([input_pipeline.global_batch_indices(key, s, n, batch)
+                                    for s in range(e * 10, e * 10 + 10)])
+  first, second = epoch(0), epoch(1)
+  assert sorted(first) == list(range(n)) and sorted(second) == list(range(n))
+  assert not np.array_equal(first, second)
+
+
+def test_last_partial_batch_of_an_epoch_is_skipped():
+  indices = [input_pipeline.global_batch_indices(jax.random.key(0), s, 25, 10) for s in range(2)]
+  assert len(set(np.concatenate(indices).tolist())) == 20
+
+
+def test_batch_larger_than_dataset_is_an_error():
+  with pytest.raises(ValueError, match="larger than the 8 training examples"):
+    input_pipeline.global_batch_indices(jax.random.key(0), 0, 8, 16)
+
+
+def test_load_dataset_reads_tfds_and_computes_the_mean_image(mock_cifar10, tiny_config):
+  data = input_pipeline.load_dataset(tiny_config.dataset)
+  assert data.train.images.shape == (256, 32, 32, 3) and data.train.images.dtype == np.uint8
+  assert data.train.labels.dtype == np.int32 and set(data.eval_splits) == {"test"}
+  assert data.num_classes == 10
+  np.testing.assert_allclose(data.mean_image, data.train.images.mean(0) / 255, rtol=1e-6)
+
+
+def test_validation_split_is_held_out_of_training(mock_cifar10, tiny_config):
+  tiny_config.dataset.validation_size = 56
+  data = input_pipeline.load_dataset(tiny_config.dataset)
+  assert len(data.train) == 200 and len(data.eval_splits["val"]) == 56 and len(data.eval_splits["test"]) == 256
+  np.testing.assert_allclose(data.mean_image, data.train.images.mean(0) / 255, rtol=1e-6)
+
+
+def test_cache_returns_the_same_arrays(mock_cifar10, tmp_path):
+  first = input_pipeline.load_split("cifar10", "test", str(tmp_path / "tfds"), str(tmp_path / "cache"))
+  assert len(os.listdir(tmp_path / "cache")) == 1
+  second = input_pipeline.load_split("cifar10", "test", str(tmp_path / "tfds"), str(tmp_path / "cache"))
+  np.testing.assert_array_equal(first.images, second.images)
+  np.testing.assert_array_equal(first.labels, second.labels)
+
+
+def test_data_dir_comes_from_config_then_environment(monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", "/from/env")
+  assert input_pipeline.resolve_data_dir("/from/config") == "/from/config"
+  assert input_pipeline.resolve_data_dir(None) == "/from/env"
+  monkeypatch.delenv("TFDS_DATA_DIR")
+  assert input_pipeline.resolve_data_dir(None) == os.path.expanduser("~/tensorflow_datasets")
+
+
+def missing_data_config(tmp_path, download):
+  config = default.get_config().dataset
+  config.data_dir, config.cache_dir, config.download = str(tmp_path), "", download
+  return config
+
+
+def test_missing_data_without_download_says_how_to_get_it(tmp_path):
+  with pytest.raises(input_pipeline.DataNotFoundError) as error:
+    input_pipeline.load_dataset(missing_data_config(tmp_path, download=False))
+  message = str(error.value)
+  assert str(tmp_path) in message and "TFDS_DATA_DIR" in message and "download_and_prepare" in message
+
+
+def test_missing_data_offline_fails_fast(tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, "_host_reachable", lambda host, timeout=5.0: False)
+  with pytest.raises(input_pipeline.DataNotFoundError, match="cannot be reached"):
+    input_pipeline.load_dataset(missing_data_config(tmp_path, download=True))
+
+
+@requires_cifar10
+def test_real_cifar10_has_the_standard_splits(real_cache_dir):
+  config = default.get_config().dataset
+  config.data_dir, config.cache_dir, config.validation_size = real_cifar10_dir(), real_cache_dir, 5000
+  data = input_pipeline.load_dataset(config)
+  assert len(data.train) == 45_000 and len(data.eval_splits["val"]) == 5_000
+  assert len(data.eval_splits["test"]) == 10_000 and data.num_classes == 10
+  assert np.bincount(data.eval_splits["test"].labels).tolist() == [1000] * 10
+  assert 0.4 < float(data.mean_image.mean()) < 0.55  # CIFAR-10's mean pixel is about 0.47

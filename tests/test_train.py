@@ -1,0 +1,149 @@
+"""train.py: the recipe's schedule, what a run writes, and the same result on any device layout."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+import train
+from configs import default
+from tests.conftest import real_cifar10_dir, requires_cifar10
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def parse_flags(*argv):
+  """train.py's flags, parsed into a fresh FlagValues: the config a command line gives."""
+  values, argv = flags.FlagValues(), ["train.py", *argv]
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+# ----------------------------------------------------------------------------------- recipe
+
+
+def test_learning_rate_is_divided_by_10_at_32k_and_48k():
+  schedule = train.learning_rate_schedule(default.get_config())
+  expected = {0: 0.1, 31_999: 0.1, 32_000: 0.01, 47_999: 0.01, 48_000: 0.001, 64_000: 0.001}
+  for step, lr in expected.items():
+    assert float(schedule(step)) == pytest.approx(lr), step
+
+
+def test_110_layers_warm_up_at_0_01_for_400_steps():
+  schedule = train.learning_rate_schedule(parse_flags("--config=configs/resnet110.py"))
+  expected = {0: 0.01, 399: 0.01, 400: 0.1, 31_999: 0.1, 32_000: 0.01, 48_000: 0.001, 64_000: 0.001}
+  for step, lr in expected.items():
+    assert float(schedule(step)) == pytest.approx(lr), step
+
+
+def test_command_line_overrides_any_field():
+  config = parse_flags("--config=configs/plain56.py", "--config.model.depth=110",
+                       "--config.dataset.data_dir=/data", "--config.wandb.mode=disabled")
+  assert (config.model.depth, config.model.residual) == (110, False)
+  assert config.dataset.data_dir == "/data" and config.wandb.mode == "disabled"
+
+
+def test_run_names_say_what_is_trained():
+  config = parse_flags("--config=configs/resnet32.py", "--config.model.shortcut=B", "--config.seed=3")
+  assert train.run_name(config) == "resnet32-B-seed3"
+  assert train.run_name(parse_flags("--config=configs/plain20.py")) == "plain20"
+
+
+# ------------------------------------------------------------------------------ what a run does
+
+
+def test_a_run_writes_config_and_metrics(mock_cifar10, tiny_config, tmp_path):
+  final = train.train_and_evaluate(tiny_config, str(tmp_path))
+  with open(tmp_path / "config.json") as f:
+    written = json.load(f)
+  assert written["model"]["depth"] == 8 and written["num_params"] == final["num_params"] > 0
+  lines = read_metrics(tmp_path)
+  assert [line["step"] for line in lines] == [2, 4]
+  assert {"train_loss", "train_error", "lr", "images_per_sec"} <= set(lines[1])
+  assert {"test_loss", "test_error"} <= set(lines[1]) and "test_loss" not in lines[0]
+  assert final["test_error"] == lines[-1]["test_error"] and final["test_examples"] == 256
+
+
+def test_same_seed_same_run_other_seed_other_run(mock_cifar10, tiny_config, tmp_path):
+  runs = []
+  for seed in (0, 0, 1):
+    tiny_config.seed = seed
+    runs.append(train.train_and_evaluate(tiny_config, str(tmp_path / f"{len(runs)}"))["train_loss"])
+  assert runs[0] == runs[1] != runs[2]
+
+
+@pytest.mark.parametrize("num_devices", [2, 8])
+def test_cross_replica_bn_on_n_devices_matches_one_device(mock_cifar10, tiny_config, tmp_path, num_devices):
+  tiny_config.cross_replica_bn, tiny_config.log_every_steps = True, 1
+  losses = {}
+  for n in (1, num_devices):
+    tiny_config.num_devices = n
+    train.train_and_evaluate(tiny_config, str(tmp_path / str(n)))
+    losses[n] = [(m["train_loss"], m.get("test_loss", 0)) for m in read_metrics(tmp_path / str(n))]
+  np.testing.assert_allclose(losses[num_devices], losses[1], rtol=2e-4)
+
+
+@pytest.mark.parametrize("cross_replica_bn", [False, True])
+def test_shard_map_gives_the_same_result_as_pmap(mock_cifar10, tiny_config, tmp_path, cross_replica_bn):
+  tiny_config.num_devices, tiny_config.log_every_steps = 4, 1
+  tiny_config.cross_replica_bn = cross_replica_bn
+  losses = {}
+  for mode in ("pmap", "shard_map"):
+    tiny_config.parallelism = mode
+    train.train_and_evaluate(tiny_config, str(tmp_path / mode))
+    losses[mode] = [(m["train_loss"], m.get("test_loss", 0)) for m in read_metrics(tmp_path / mode)]
+  np.testing.assert_allclose(losses["shard_map"], losses["pmap"], rtol=1e-5)
+
+
+def test_batch_that_does_not_divide_over_devices_is_an_error(tiny_config, tmp_path):
+  tiny_config.num_devices = 3
+  with pytest.raises(ValueError, match="batch_size 16 does not divide over 3 devices"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(mock_cifar10, tiny_config, tmp_path):
+  tiny_config.learning_rate, tiny_config.log_every_steps = float("nan"), 1
+  with pytest.raises(FloatingPointError, match="non-finite loss at step 2"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_train_py_runs_without_importing_tensorflow(tmp_path):
+  script = f"""
+import sys
+import tensorflow_datasets as tfds
+from absl import flags
+import train
+sys.argv = ["train.py", "--config=configs/resnet20.py", "--config.model.depth=8", "--config.batch_size=16",
+            "--config.total_steps=2", "--config.log_every_steps=1", "--config.wandb.mode=disabled",
+            "--config.dataset.cache_dir=", "--config.num_devices=1", "--workdir={tmp_path}"]
+flags.FLAGS(sys.argv)
+with tfds.testing.mock_data(num_examples=64):
+  train.main(["train.py"])
+assert "tensorflow" not in sys.modules, "training imported TensorFlow"
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Done: resnet8" in result.stdout and len(read_metrics(tmp_path)) == 2
+
+
+@requires_cifar10
+def test_resnet20_learns_real_cifar10(tmp_path, real_cache_dir):
+  """About 300 steps on the real data bring the train error well below chance (90%)."""
+  config = parse_flags("--config=configs/resnet20.py")
+  config.dataset.data_dir, config.dataset.cache_dir = real_cifar10_dir(), real_cache_dir
+  config.batch_size, config.total_steps, config.num_devices = 64, 300, 1
+  config.log_every_steps, config.eval_every_steps, config.wandb.mode = 100, 300, "disabled"
+  final = train.train_and_evaluate(config, str(tmp_path))
+  assert final["train_error"] < 0.75
+  assert final["test_examples"] == 10_000 and final["test_error"] < 0.85

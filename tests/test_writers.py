@@ -1,0 +1,55 @@
+"""writers.py: wandb never reaches its login prompt; configs flatten to sweep names."""
+
+import pytest
+
+import writers
+from configs import default
+
+
+@pytest.fixture
+def no_netrc(tmp_path):
+  path = tmp_path / "netrc"
+  path.write_text("")
+  return str(path)
+
+
+def test_auto_mode_is_offline_without_credentials(no_netrc):
+  assert writers.resolve_wandb_mode("auto", {}, no_netrc) == "offline"
+
+
+def test_auto_mode_is_online_with_an_api_key_or_a_netrc_entry(tmp_path, no_netrc):
+  assert writers.resolve_wandb_mode("auto", {"WANDB_API_KEY": "x" * 40}, no_netrc) == "online"
+  netrc = tmp_path / "with_entry"
+  netrc.write_text("machine api.wandb.ai\n  login user\n  password secret\n")
+  netrc.chmod(0o600)
+  assert writers.resolve_wandb_mode("auto", {}, str(netrc)) == "online"
+
+
+def test_wandb_mode_variable_wins_in_auto_mode(no_netrc):
+  assert writers.resolve_wandb_mode("auto", {"WANDB_MODE": "disabled", "WANDB_API_KEY": "k"}, no_netrc) == "disabled"
+
+
+def test_online_without_credentials_falls_back_to_offline(no_netrc):
+  assert writers.resolve_wandb_mode("online", {}, no_netrc) == "offline"
+  assert writers.resolve_wandb_mode("disabled", {}, no_netrc) == "disabled"
+
+
+def test_unknown_mode_is_an_error():
+  with pytest.raises(ValueError, match="wandb.mode must be one of"):
+    writers.resolve_wandb_mode("sometimes", {})
+
+
+def test_flat_config_uses_the_sweep_parameter_names():
+  flat = writers.flatten_config(default.get_config())
+  assert flat["config.model.depth"] == 56 and flat["config.batch_size"] == 128
+  assert flat["config.lr_boundaries"] == [32_000, 48_000]
+
+
+def test_offline_run_writes_wandb_files(mock_cifar10, tiny_config, tmp_path, monkeypatch):
+  import train  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  tiny_config.wandb.mode = "auto"
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  runs = list((tmp_path / "wandb").glob("offline-run-*"))
+  assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
