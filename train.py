@@ -172,6 +172,14 @@ def check_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> Non
         f"use a multiple of {num_devices} (--config.batch_size=...) or fewer devices (--config.num_devices=...).")
 
 
+def check_workdir_is_new(workdir: str) -> None:
+  """Refuses to write over the metrics of an earlier run."""
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(metrics) and os.path.getsize(metrics):
+    raise FileExistsError(f"{workdir} already holds a run ({metrics}); pass another --workdir "
+                          "or delete it to train again.")
+
+
 def summarize(window: list[dict[str, jax.Array]], replicas: parallel.Replicas) -> dict[str, float]:
   """Means of the metrics of the steps since the last line."""
   values = [replicas.to_host(metrics) for metrics in window]
@@ -181,6 +189,7 @@ def summarize(window: list[dict[str, jax.Array]], replicas: parallel.Replicas) -
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains for config.total_steps, evaluating as configured; returns the final metrics."""
   run_start = time.perf_counter()
+  check_workdir_is_new(workdir)
   parallel.maybe_initialize_distributed(config.distributed)
   replicas = parallel.Replicas(config.parallelism, config.num_devices)
   check_batch_size(config, replicas.count)
@@ -216,22 +225,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       eval_examples[name] = int(sums["count"])
     return results
 
-  window, window_start, step = [], None, 0
-  seconds_per_step = 0.0
+  window = []  # the metrics of the steps since the last line, still on the devices
+  window_start, window_first_step, seconds_per_step = 0.0, 2, 0.0
+  loop_start = time.perf_counter()
   for step in range(1, config.total_steps + 1):
     state, metrics = train_fn(state, train_data, data_key)
     window.append(metrics)
     if step == 1:  # the first step compiles; time it alone, and leave it out of throughput
       jax.block_until_ready(metrics)
-      window_start, window_first_step = time.perf_counter(), 2
+      window_start = time.perf_counter()
       if is_main:
-        print(f"First step (compilation included) {window_start - run_start:.1f}s after start.", flush=True)
+        print(f"First step done {window_start - run_start:.1f}s after start; it took "
+              f"{window_start - loop_start:.1f}s, compilation included.", flush=True)
     line = {}
     if step % config.log_every_steps == 0 or step == config.total_steps:
       line = summarize(window, replicas)
       if not all(math.isfinite(v) for v in line.values()):
         raise FloatingPointError(
-            f"Training diverged: non-finite loss at step {step} ({line}). Lower "
+            f"Training diverged: non-finite loss by step {step} ({line}). Lower "
             f"--config.learning_rate or check the data.")
       now = time.perf_counter()
       timed_steps = step - window_first_step + 1

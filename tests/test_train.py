@@ -106,6 +106,13 @@ def test_shard_map_gives_the_same_result_as_pmap(mock_cifar10, tiny_config, tmp_
   np.testing.assert_allclose(losses["shard_map"], losses["pmap"], rtol=1e-5)
 
 
+def test_a_workdir_holding_a_run_is_not_overwritten(mock_cifar10, tiny_config, tmp_path):
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  with pytest.raises(FileExistsError, match="already holds a run"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert len(read_metrics(tmp_path)) == 2
+
+
 def test_batch_that_does_not_divide_over_devices_is_an_error(tiny_config, tmp_path):
   tiny_config.num_devices = 3
   with pytest.raises(ValueError, match="batch_size 16 does not divide over 3 devices"):
@@ -114,7 +121,7 @@ def test_batch_that_does_not_divide_over_devices_is_an_error(tiny_config, tmp_pa
 
 def test_non_finite_loss_stops_the_run_naming_the_step(mock_cifar10, tiny_config, tmp_path):
   tiny_config.learning_rate, tiny_config.log_every_steps = float("nan"), 1
-  with pytest.raises(FloatingPointError, match="non-finite loss at step 2"):
+  with pytest.raises(FloatingPointError, match="non-finite loss by step 2"):
     train.train_and_evaluate(tiny_config, str(tmp_path))
 
 
