@@ -81,6 +81,16 @@ class Replicas:
       return jax.make_array_from_single_device_arrays(x.shape, NamedSharding(self.mesh, P(AXIS)), buffers)
     return jax.tree_util.tree_map(put, tree)
 
+  def single_copy(self, tree: Any) -> Any:
+    """One copy of a replicated tree, without pmap's device axis, in new buffers.
+
+    What a checkpoint holds: it restores on any number of devices, and the train step
+    can donate the state it came from while the copy is being written.
+    """
+    take = (lambda x: x[0]) if self.mode == "pmap" else (lambda x: x + 0)  # + 0: a new buffer
+    return jax.jit(lambda t: jax.tree_util.tree_map(take, t),
+                   out_shardings=NamedSharding(self.mesh, P()))(tree)
+
   def to_host(self, tree: Any) -> Any:
     """Reads a replicated result back as numpy, from this process's first device."""
     def get(x):

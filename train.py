@@ -10,10 +10,12 @@ on the device, so the host only dispatches.
 """
 
 import functools
+import json
 import math
 import os
+import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -25,6 +27,7 @@ from absl import app, flags
 from flax.training import train_state
 from ml_collections import config_flags
 
+import checkpoints
 import input_pipeline
 import nets
 import parallel
@@ -33,10 +36,15 @@ import writers
 AXIS = parallel.AXIS
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "A config file from configs/, e.g. configs/resnet56.py.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Where the run writes (config.json, metrics.jsonl, wandb). "
-                    "Default: runs/<run name>.")
+
+
+def define_flags() -> None:
+  """train.py's command line (defined on demand, so that eval.py can import this module)."""
+  config_flags.DEFINE_config_file("config", None, "A config file from configs/, e.g. configs/resnet56.py.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where the run writes (config.json, metrics.jsonl, checkpoints, "
+                      "wandb). Default: runs/<run name>.")
+  flags.mark_flags_as_required(["config"])
 
 
 class TrainState(train_state.TrainState):
@@ -172,99 +180,171 @@ def check_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> Non
         f"use a multiple of {num_devices} (--config.batch_size=...) or fewer devices (--config.num_devices=...).")
 
 
-def check_workdir_is_new(workdir: str) -> None:
-  """Refuses to write over the metrics of an earlier run."""
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(metrics) and os.path.getsize(metrics):
-    raise FileExistsError(f"{workdir} already holds a run ({metrics}); pass another --workdir "
-                          "or delete it to train again.")
+def make_evaluator(replicas: parallel.Replicas, splits: dict[str, input_pipeline.Split],
+                   mean_image: np.ndarray, batch_size: int) -> Callable[[TrainState], dict[str, float]]:
+  """A function state -> {"<split>_loss", "<split>_error", "<split>_examples"} over whole splits.
+
+  The splits go to the devices once, each device holding its share.
+  """
+  eval_fn = replicas.parallelize(eval_on_device, sharded_argnums=(1,))
+  data = {name: replicas.shard(shard_for_eval(split, replicas.count, batch_size))
+          for name, split in splits.items()}
+  mean = replicas.replicate(mean_image)
+
+  def evaluate(state: TrainState) -> dict[str, float]:
+    results = {}
+    for name, split in data.items():
+      sums = replicas.to_host(eval_fn(state, split, mean))
+      results[f"{name}_loss"] = float(sums["loss"] / sums["count"])
+      results[f"{name}_error"] = float(sums["errors"] / sums["count"])
+      results[f"{name}_examples"] = int(sums["count"])
+    return results
+  return evaluate
 
 
-def summarize(window: list[dict[str, jax.Array]], replicas: parallel.Replicas) -> dict[str, float]:
-  """Means of the metrics of the steps since the last line."""
+def summarize(window: list[dict[str, jax.Array]], replicas: parallel.Replicas, step: int) -> dict[str, float]:
+  """Means of the metrics of the steps since the last line; a non-finite one stops the run."""
   values = [replicas.to_host(metrics) for metrics in window]
-  return {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+  means = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+  if not all(math.isfinite(v) for v in means.values()):
+    raise FloatingPointError(
+        f"Training diverged: non-finite loss by step {step} ({means}). The last checkpoint "
+        f"before it is kept. Lower --config.learning_rate or check the data.")
+  return means
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+  """True if no float leaf of `tree` holds a NaN or an infinity."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def restore_or_start(config: ml_collections.ConfigDict, ckpts: checkpoints.Checkpoints,
+                     state: TrainState) -> tuple[TrainState, dict[str, Any]]:
+  """The newest readable checkpoint of the workdir if there is one (same model and data only)."""
+  def same_model_and_data(record):
+    differences = checkpoints.config_differences(record["config"], config)
+    if differences:
+      raise checkpoints.ConfigMismatchError(
+          f"{ckpts.directory} holds a run with another model or data; differing fields:\n  "
+          + "\n  ".join(differences) + "\nUse another --workdir, or --config.restart=True to start over there.")
+
+  restored = ckpts.restore(jax.device_get(state), check=same_model_and_data)
+  if restored is None:
+    return state, {}
+  _, state, record = restored
+  return state, record
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains for config.total_steps, evaluating as configured; returns the final metrics."""
+  """Trains until config.total_steps, resuming from the workdir's checkpoints; returns the final metrics."""
   run_start = time.perf_counter()
-  check_workdir_is_new(workdir)
   parallel.maybe_initialize_distributed(config.distributed)
   replicas = parallel.Replicas(config.parallelism, config.num_devices)
   check_batch_size(config, replicas.count)
   is_main = jax.process_index() == 0
+  if config.restart and is_main:
+    shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
 
   dataset = input_pipeline.load_dataset(config.dataset)
   model = create_model(config, dataset.num_classes)
   init_key, data_key = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(config, model, init_key, dataset.train.images.shape[1:])
-  num_params = nets.count_params(state.params)
-  writer = writers.MetricWriter(workdir, config, run_name(config), num_params, active=is_main)
-  schedule = learning_rate_schedule(config)
+  ckpts = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
+  try:
+    state, record = restore_or_start(
+        config, ckpts, create_train_state(config, model, init_key, dataset.train.images.shape[1:]))
+    first_step = int(state.step)
+    if first_step >= config.total_steps:
+      if "final" not in record:
+        raise ValueError(f"{workdir} has a checkpoint at step {first_step}, beyond total_steps "
+                         f"{config.total_steps}; raise --config.total_steps or use another --workdir.")
+      if is_main:
+        print(f"{workdir} holds a finished run ({first_step} steps, test error "
+              f"{100 * record['final'].get('test_error', float('nan')):.2f}%); nothing to do. "
+              f"--config.restart=True trains it again.", flush=True)
+      return record["final"]
+    return train_from(config, workdir, replicas, dataset, state, data_key, ckpts, run_start)
+  finally:
+    ckpts.wait()
+    ckpts.close()
 
+
+def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parallel.Replicas,
+               dataset: input_pipeline.Dataset, state: TrainState, data_key: jax.Array,
+               ckpts: checkpoints.Checkpoints, run_start: float) -> dict[str, float]:
+  """The training loop, from state.step to config.total_steps."""
+  is_main = jax.process_index() == 0
+  first_step = int(state.step)
+  num_params = nets.count_params(state.params)
+  writer = writers.MetricWriter(workdir, config, run_name(config), num_params, first_step, active=is_main)
+  schedule = learning_rate_schedule(config)
   train_fn = replicas.parallelize(
       functools.partial(train_step_on_device, config=config, num_devices=replicas.count),
       donate_argnums=(0,))
-  eval_fn = replicas.parallelize(eval_on_device, sharded_argnums=(1,))
+  evaluate = make_evaluator(replicas, dataset.eval_splits, dataset.mean_image, config.eval_batch_size)
   state = replicas.replicate(state)
   train_data = replicas.replicate({
       "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
-  eval_data = {name: replicas.shard(shard_for_eval(split, replicas.count, config.eval_batch_size))
-               for name, split in dataset.eval_splits.items()}
   data_key = replicas.replicate(data_key)
 
-  eval_examples = {}  # split -> number of images the last evaluation saw
-
-  def evaluate() -> dict[str, float]:
-    results = {}
-    for name, split in eval_data.items():
-      sums = replicas.to_host(eval_fn(state, split, train_data["mean"]))
-      results[f"{name}_loss"] = float(sums["loss"] / sums["count"])
-      results[f"{name}_error"] = float(sums["errors"] / sums["count"])
-      eval_examples[name] = int(sums["count"])
-    return results
+  def save(step: int, final: dict[str, float] | None = None) -> None:
+    copy = replicas.single_copy(state)
+    if not all_finite(copy):  # the loss of a step is finite even when its update was not
+      raise FloatingPointError(f"Training diverged: non-finite parameters after step {step}; the "
+                               "last checkpoint before it is kept. Lower --config.learning_rate.")
+    record = {"config": config.to_dict(), **({"final": final} if final else {})}
+    ckpts.save(step, copy, json.loads(json.dumps(record, default=list)))
 
   window = []  # the metrics of the steps since the last line, still on the devices
-  window_start, window_first_step, seconds_per_step = 0.0, 2, 0.0
-  loop_start = time.perf_counter()
-  for step in range(1, config.total_steps + 1):
-    state, metrics = train_fn(state, train_data, data_key)
-    window.append(metrics)
-    if step == 1:  # the first step compiles; time it alone, and leave it out of throughput
-      jax.block_until_ready(metrics)
-      window_start = time.perf_counter()
-      if is_main:
-        print(f"First step done {window_start - run_start:.1f}s after start; it took "
-              f"{window_start - loop_start:.1f}s, compilation included.", flush=True)
-    line = {}
-    if step % config.log_every_steps == 0 or step == config.total_steps:
-      line = summarize(window, replicas)
-      if not all(math.isfinite(v) for v in line.values()):
-        raise FloatingPointError(
-            f"Training diverged: non-finite loss by step {step} ({line}). Lower "
-            f"--config.learning_rate or check the data.")
-      now = time.perf_counter()
-      timed_steps = step - window_first_step + 1
-      if timed_steps > 0:
-        seconds_per_step = (now - window_start) / timed_steps
-        line["images_per_sec"] = config.batch_size / seconds_per_step
-      line["lr"] = float(schedule(step - 1))
-      window, window_start, window_first_step = [], now, step + 1
-    if step % config.eval_every_steps == 0 or step == config.total_steps:
-      eval_start = time.perf_counter()
-      line.update(evaluate())
-      window_start += time.perf_counter() - eval_start  # evaluation is not training time
-    if line:
-      writer.write(step, line)
-      writer.progress(step, line, seconds_per_step)
+  window_start, window_first_step, seconds_per_step = 0.0, first_step + 2, 0.0
+  loop_start, line, step, evaluated = time.perf_counter(), {}, first_step, {}
+  with checkpoints.PreemptionSignal() as preemption, writer:
+    for step in range(first_step + 1, config.total_steps + 1):
+      state, metrics = train_fn(state, train_data, data_key)
+      window.append(metrics)
+      if step == first_step + 1:  # this step compiles; time it alone, leave it out of throughput
+        jax.block_until_ready(metrics)
+        window_start = time.perf_counter()
+        if is_main:
+          print(f"Step {step} done {window_start - run_start:.1f}s after start; it took "
+                f"{window_start - loop_start:.1f}s, compilation included.", flush=True)
+      last = step == config.total_steps
+      line = {}
+      if step % config.log_every_steps == 0 or last:
+        line = summarize(window, replicas, step)
+        now = time.perf_counter()
+        if step >= window_first_step:
+          seconds_per_step = (now - window_start) / (step - window_first_step + 1)
+          line["images_per_sec"] = config.batch_size / seconds_per_step
+        line["lr"] = float(schedule(step - 1))
+        window, window_start, window_first_step = [], now, step + 1
+      if step % config.eval_every_steps == 0 or last:
+        eval_start = time.perf_counter()
+        evaluated = evaluate(state)
+        line.update({k: v for k, v in evaluated.items() if not k.endswith("_examples")})
+        window_start += time.perf_counter() - eval_start  # evaluation is not training time
+      if line:
+        writer.write(step, line)
+        writer.progress(step, line, seconds_per_step)
+      if (step % config.checkpoint_every_steps == 0 or preemption.signum) and not last:
+        save(step)
+      if preemption.signum:
+        ckpts.wait()
+        if is_main:
+          print(f"Stopped by signal {preemption.signum} at step {step}; checkpoint saved in "
+                f"{ckpts.directory}. Run the same command again to resume.", flush=True)
+        raise SystemExit(128 + preemption.signum)
 
-  final = {**line, "wall_time_sec": time.perf_counter() - run_start, "num_params": num_params,
-           **{f"{name}_examples": n for name, n in eval_examples.items()}}
+    final = {**line, "wall_time_sec": time.perf_counter() - run_start, "num_params": num_params,
+             **{k: v for k, v in evaluated.items() if k.endswith("_examples")}}
+    save(step, final)
+    writer.summarize(final)
   if is_main:
-    print(f"Done: {run_name(config)} after {step} steps: test error {100 * final.get('test_error', float('nan')):.2f}%, "
-          f"wall time {writers.format_duration(final['wall_time_sec'])}.", flush=True)
-  writer.close(final)
+    print(f"Done: {run_name(config)} after {step} steps: test error "
+          f"{100 * final.get('test_error', float('nan')):.2f}%, wall time "
+          f"{writers.format_duration(final['wall_time_sec'])}.", flush=True)
   return final
 
 
@@ -276,5 +356,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
+  define_flags()
   app.run(main)

@@ -57,11 +57,22 @@ def format_duration(seconds: float) -> str:
   return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def keep_lines_up_to(path: str, step: int) -> None:
+  """Drops the lines of a metrics.jsonl after `step`: a resumed run writes them again."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  with open(f"{path}.tmp", "w") as f:
+    f.writelines(lines)
+  os.replace(f"{path}.tmp", path)
+
+
 class MetricWriter:
-  """Writes metrics lines to metrics.jsonl, the console and wandb."""
+  """Writes metrics lines to metrics.jsonl, the console and wandb (a context manager)."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, run_name: str,
-               num_params: int, active: bool = True):
+               num_params: int, first_step: int = 0, active: bool = True):
     self.active = active
     self.total_steps = config.total_steps
     self._wandb_run = None
@@ -70,8 +81,11 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump({**config.to_dict(), "num_params": num_params}, f, indent=2, default=str)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
-    print(f"{run_name}: {num_params:,} parameters; writing to {workdir}", flush=True)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    keep_lines_up_to(metrics_path, first_step)
+    self._jsonl = open(metrics_path, "a", buffering=1)
+    resumed = f" (resuming at step {first_step})" if first_step else ""
+    print(f"{run_name}: {num_params:,} parameters; writing to {workdir}{resumed}", flush=True)
     self._start_wandb(workdir, config, run_name, num_params)
 
   def _start_wandb(self, workdir, config, run_name, num_params):
@@ -80,9 +94,17 @@ class MetricWriter:
       return
     try:
       import wandb  # pylint: disable=g-import-not-at-top
+      # The run id lives in the workdir, so that a resumed run continues the same wandb run.
+      id_path = os.path.join(workdir, "wandb_run_id")
+      if not os.path.exists(id_path):
+        with open(id_path, "w") as f:
+          f.write(wandb.util.generate_id())
+      with open(id_path) as f:
+        run_id = f.read().strip()
       self._wandb_run = wandb.init(
           project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
-          name=run_name, config=flatten_config(config), mode=mode, dir=workdir)
+          name=run_name, id=run_id, resume="allow", config=flatten_config(config), mode=mode,
+          dir=workdir)
       self._wandb_run.summary["num_params"] = num_params
     except Exception as e:  # pylint: disable=broad-except
       print(f"wandb: could not start ({e}); training goes on without it.", file=sys.stderr, flush=True)
@@ -108,16 +130,29 @@ class MetricWriter:
     eta = format_duration((self.total_steps - step) * seconds_per_step)
     parts = [f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%)"]
     parts += [f"{k} {v:.4g}" for k, v in metrics.items() if k != "images_per_sec"]
-    parts += [f"{metrics.get('images_per_sec', 0):.0f} img/s", f"ETA {eta}"]
+    if "images_per_sec" in metrics:
+      parts.append(f"{metrics['images_per_sec']:.0f} img/s")
+    parts.append(f"ETA {eta}")
     print(" | ".join(parts), flush=True)
 
-  def close(self, summary: Mapping[str, Any] | None = None) -> None:
+  def summarize(self, summary: Mapping[str, Any]) -> None:
+    """The run's final numbers, for wandb's summary."""
+    if self._wandb_run is not None:
+      try:
+        self._wandb_run.summary.update(dict(summary))
+      except Exception as e:  # pylint: disable=broad-except
+        print(f"wandb: summary failed ({e}).", file=sys.stderr, flush=True)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
     if not self.active:
-      return
+      return False
     self._jsonl.close()
     if self._wandb_run is not None:
       try:
-        self._wandb_run.summary.update(dict(summary or {}))
-        self._wandb_run.finish()
+        self._wandb_run.finish(exit_code=1 if exc[0] else 0)
       except Exception as e:  # pylint: disable=broad-except
         print(f"wandb: finish failed ({e}).", file=sys.stderr, flush=True)
+    return False

@@ -42,7 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.log_every_steps = 100  # write training metrics (averaged since the last line) this often
   config.eval_every_steps = 1_000  # evaluate the whole test split this often, and at the end
-  config.checkpoint_every_steps = 1_000  # checkpoint interval; reserved: train.py writes no checkpoints yet
+  config.checkpoint_every_steps = 1_000  # save the train state this often, and at the end
+  config.keep_checkpoints = 3  # how many of the newest checkpoints to keep
+  config.restart = False  # delete the workdir's checkpoints and train from step 0
   config.eval_batch_size = 1_000  # images per evaluation chunk (global)
   config.seed = 0  # seeds the initialisation, the data order and the augmentation
 

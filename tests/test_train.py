@@ -106,13 +106,6 @@ def test_shard_map_gives_the_same_result_as_pmap(mock_cifar10, tiny_config, tmp_
   np.testing.assert_allclose(losses["shard_map"], losses["pmap"], rtol=1e-5)
 
 
-def test_a_workdir_holding_a_run_is_not_overwritten(mock_cifar10, tiny_config, tmp_path):
-  train.train_and_evaluate(tiny_config, str(tmp_path))
-  with pytest.raises(FileExistsError, match="already holds a run"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
-  assert len(read_metrics(tmp_path)) == 2
-
-
 def test_batch_that_does_not_divide_over_devices_is_an_error(tiny_config, tmp_path):
   tiny_config.num_devices = 3
   with pytest.raises(ValueError, match="batch_size 16 does not divide over 3 devices"):
@@ -131,6 +124,7 @@ import sys
 import tensorflow_datasets as tfds
 from absl import flags
 import train
+train.define_flags()
 sys.argv = ["train.py", "--config=configs/resnet20.py", "--config.model.depth=8", "--config.batch_size=16",
             "--config.total_steps=2", "--config.log_every_steps=1", "--config.wandb.mode=disabled",
             "--config.dataset.cache_dir=", "--config.num_devices=1", "--workdir={tmp_path}"]

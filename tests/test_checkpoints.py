@@ -1,0 +1,157 @@
+"""Runs that survive: resume equals an uninterrupted run, preemption, faults, refusals."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import checkpoints
+import train
+from tests.test_train import REPO, read_metrics
+
+
+def final_params(workdir):
+  """The parameters of a workdir's newest checkpoint, as a flat list of arrays."""
+  ckpts = checkpoints.Checkpoints(str(workdir))
+  try:
+    step = ckpts.steps()[-1]
+    restored = ckpts._manager.restore(step)  # pylint: disable=protected-access
+  finally:
+    ckpts.close()
+  return step, jax.tree_util.tree_leaves(restored["state"]["params"])
+
+
+def comparable(lines):
+  return [{k: v for k, v in line.items() if k != "images_per_sec"} for line in lines]
+
+
+@pytest.fixture
+def resumable_config(tiny_config):
+  tiny_config.total_steps, tiny_config.log_every_steps = 8, 2
+  tiny_config.eval_every_steps, tiny_config.checkpoint_every_steps = 4, 2
+  tiny_config.num_devices = 2
+  return tiny_config
+
+
+def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(mock_cifar10, resumable_config, tmp_path):
+  train.train_and_evaluate(resumable_config, str(tmp_path / "whole"))
+  resumable_config.total_steps = 4  # stops half way, as a kill after the step-4 checkpoint would
+  train.train_and_evaluate(resumable_config, str(tmp_path / "halves"))
+  resumable_config.total_steps = 8
+  train.train_and_evaluate(resumable_config, str(tmp_path / "halves"))
+
+  assert comparable(read_metrics(tmp_path / "halves")) == comparable(read_metrics(tmp_path / "whole"))
+  (step_a, whole), (step_b, halves) = final_params(tmp_path / "whole"), final_params(tmp_path / "halves")
+  assert step_a == step_b == 8
+  for a, b in zip(whole, halves):
+    np.testing.assert_array_equal(a, b)  # bitwise on CPU
+
+
+def test_resume_drops_metrics_lines_written_after_the_checkpoint(mock_cifar10, resumable_config, tmp_path):
+  resumable_config.total_steps = 4
+  train.train_and_evaluate(resumable_config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl", "a") as f:  # a line of a run killed after its checkpoint
+    f.write('{"step": 6, "train_loss": 1.0}\n')
+  resumable_config.total_steps = 8
+  train.train_and_evaluate(resumable_config, str(tmp_path))
+  steps = [line["step"] for line in read_metrics(tmp_path)]
+  assert steps == [2, 4, 6, 8]
+
+
+def test_finished_run_is_not_trained_again_unless_restarted(mock_cifar10, tiny_config, tmp_path, capsys):
+  first = train.train_and_evaluate(tiny_config, str(tmp_path))
+  again = train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert "holds a finished run" in capsys.readouterr().out
+  assert again["test_error"] == first["test_error"] and len(read_metrics(tmp_path)) == 2
+  tiny_config.restart = True
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert [line["step"] for line in read_metrics(tmp_path)] == [2, 4]
+
+
+def test_resuming_with_another_model_is_refused_naming_the_fields(mock_cifar10, tiny_config, tmp_path):
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  tiny_config.model.depth, tiny_config.total_steps = 14, 6
+  with pytest.raises(checkpoints.ConfigMismatchError, match=r"model\.depth: 8 -> 14"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(
+    mock_cifar10, resumable_config, tmp_path, capsys):
+  resumable_config.total_steps = 4
+  train.train_and_evaluate(resumable_config, str(tmp_path))
+  for path in glob.glob(str(tmp_path / "checkpoints" / "4" / "state" / "**" / "d" / "*"), recursive=True):
+    with open(path, "wb") as f:
+      f.write(b"not a checkpoint")
+  resumable_config.total_steps = 6
+  train.train_and_evaluate(resumable_config, str(tmp_path))
+  out, err = capsys.readouterr()
+  assert "Checkpoint of step 4" in err and "unreadable" in err
+  assert "resuming at step 2" in out
+  assert [line["step"] for line in read_metrics(tmp_path)] == [2, 4, 6]
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(mock_cifar10, resumable_config, tmp_path):
+  resumable_config.total_steps = 4
+  train.train_and_evaluate(resumable_config, str(tmp_path))
+  resumable_config.total_steps, resumable_config.learning_rate = 8, float("nan")
+  with pytest.raises(FloatingPointError, match="step 6"):
+    train.train_and_evaluate(resumable_config, str(tmp_path))
+  step, params = final_params(tmp_path)
+  assert step == 4 and all(np.isfinite(p).all() for p in params)
+
+
+def test_config_differences_ignore_fields_that_do_not_change_the_model_or_data(tiny_config):
+  saved = tiny_config.to_dict()
+  tiny_config.total_steps, tiny_config.log_every_steps, tiny_config.learning_rate = 100, 7, 0.5
+  assert checkpoints.config_differences(saved, tiny_config) == []
+  tiny_config.dataset.validation_size, tiny_config.model.residual = 5000, False
+  assert checkpoints.config_differences(saved, tiny_config) == [
+      "dataset.validation_size: 0 -> 5000", "model.residual: True -> False"]
+
+
+TRAIN_IN_SUBPROCESS = """
+import sys
+import tensorflow_datasets as tfds
+from absl import flags
+import train
+train.define_flags()
+sys.argv = ["train.py", "--config=configs/resnet20.py", "--config.model.depth=8", "--config.batch_size=16",
+            "--config.total_steps={steps}", "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000",
+            "--config.wandb.mode=disabled", "--config.dataset.cache_dir=", "--config.num_devices=1",
+            "--workdir={workdir}"]
+flags.FLAGS(sys.argv)
+with tfds.testing.mock_data(num_examples=64):
+  train.main(["train.py"])
+"""
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+  process = subprocess.Popen(
+      [sys.executable, "-c", TRAIN_IN_SUBPROCESS.format(steps=100_000, workdir=tmp_path)], cwd=REPO,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and not os.path.exists(tmp_path / "metrics.jsonl"):
+    time.sleep(0.5)
+  while time.time() < deadline and len(read_metrics(tmp_path)) < 3:
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  out, _ = process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGTERM, out[-3000:]
+  assert "Run the same command again to resume" in out
+  ckpts = checkpoints.Checkpoints(str(tmp_path))
+  saved = ckpts.steps()
+  ckpts.close()
+  assert len(saved) == 1 and saved[0] >= 3
+
+  resumed = subprocess.run(
+      [sys.executable, "-c", TRAIN_IN_SUBPROCESS.format(steps=saved[0] + 2, workdir=tmp_path)], cwd=REPO,
+      capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resuming at step {saved[0]}" in resumed.stdout
+  assert [line["step"] for line in read_metrics(tmp_path)] == list(range(1, saved[0] + 3))
