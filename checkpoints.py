@@ -16,6 +16,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+import writers
+
 # The fields a run cannot change when it resumes: they change the model or the data.
 MUST_MATCH = ("model.", "dataset.name", "dataset.validation_size", "dataset.crop_padding",
               "dataset.random_flip", "batch_size", "seed", "dtype")
@@ -25,19 +27,10 @@ class ConfigMismatchError(ValueError):
   """A workdir's checkpoints were trained with another model or data."""
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return flat
-
-
 def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """'field: saved -> now' for each MUST_MATCH field that differs."""
-  before, now = _flatten(saved), _flatten(config.to_dict())
+  before = writers.flatten_config(ml_collections.ConfigDict(saved), prefix="")
+  now = writers.flatten_config(config, prefix="")
   fields = sorted(k for k in set(before) | set(now) if k.startswith(MUST_MATCH))
   return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in fields if before.get(k) != now.get(k)]
 

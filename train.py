@@ -245,8 +245,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   replicas = parallel.Replicas(config.parallelism, config.num_devices)
   check_batch_size(config, replicas.count)
   is_main = jax.process_index() == 0
-  if config.restart and is_main:
+  if config.restart and is_main:  # a new run: new checkpoints, metrics and wandb run
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+    for name in ("metrics.jsonl", "wandb_run_id"):
+      if os.path.exists(os.path.join(workdir, name)):
+        os.remove(os.path.join(workdir, name))
 
   dataset = input_pipeline.load_dataset(config.dataset)
   model = create_model(config, dataset.num_classes)
@@ -295,8 +298,11 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
       raise FloatingPointError(f"Training diverged: non-finite parameters after step {step}; the "
                                "last checkpoint before it is kept. Lower --config.learning_rate.")
     record = {"config": config.to_dict(), **({"final": final} if final else {})}
+    save_start = time.perf_counter()
     ckpts.save(step, copy, json.loads(json.dumps(record, default=list)))
+    save_seconds.append(time.perf_counter() - save_start)
 
+  save_seconds = []  # how long each save held up training (the writing goes on behind it)
   window = []  # the metrics of the steps since the last line, still on the devices
   window_start, window_first_step, seconds_per_step = 0.0, first_step + 2, 0.0
   loop_start, line, step, evaluated = time.perf_counter(), {}, first_step, {}
@@ -344,7 +350,8 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
   if is_main:
     print(f"Done: {run_name(config)} after {step} steps: test error "
           f"{100 * final.get('test_error', float('nan')):.2f}%, wall time "
-          f"{writers.format_duration(final['wall_time_sec'])}.", flush=True)
+          f"{writers.format_duration(final['wall_time_sec'])}; {len(save_seconds)} checkpoint saves held "
+          f"training up {sum(save_seconds):.2f}s in all.", flush=True)
   return final
 
 
