@@ -8,6 +8,7 @@ import json
 import netrc
 import os
 import sys
+import uuid
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
@@ -98,7 +99,7 @@ class MetricWriter:
       id_path = os.path.join(workdir, "wandb_run_id")
       if not os.path.exists(id_path):
         with open(id_path, "w") as f:
-          f.write(wandb.util.generate_id())
+          f.write(uuid.uuid4().hex[:12])
       with open(id_path) as f:
         run_id = f.read().strip()
       self._wandb_run = wandb.init(

@@ -5,10 +5,17 @@ import os
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
 
+import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from configs import default  # pylint: disable=g-import-not-at-top
+
+
+# Many tests compile the same tiny train step; compile it once per machine.
+jax.config.update("jax_compilation_cache_dir", os.path.join(
+    os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "depthlab", "jax-test-cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def real_cifar10_dir() -> str | None:
