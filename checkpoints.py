@@ -48,6 +48,10 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def record(self, step: int) -> dict[str, Any]:
+    """The JSON record saved with the state of `step` (config, and final metrics at the end)."""
+    return self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+
   def save(self, step: int, state: Any, record: dict[str, Any]) -> None:
     """Starts writing `state` in the background; the arrays are copied before it returns."""
     self._manager.save(step, args=ocp.args.Composite(
@@ -67,8 +71,7 @@ class Checkpoints:
       raise FileNotFoundError(f"No checkpoint of step {step} in {self.directory}; there are {self.steps()}.")
     for candidate in steps:
       try:
-        record = self._manager.restore(
-            candidate, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+        record = self.record(candidate)
         check(record)
         state = self._manager.restore(
             candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(template)))["state"]
@@ -100,6 +103,25 @@ class Checkpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def final_metrics(workdir: str) -> dict[str, Any] | None:
+  """The final metrics and "step" of the run in `workdir` if it has finished, else None.
+
+  Reads the newest checkpoint's record only, not the state: cheap enough to ask of every
+  run of a sweep.
+  """
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return None
+  ckpts = Checkpoints(workdir)
+  try:
+    steps = ckpts.steps()
+    final = ckpts.record(steps[-1]).get("final") if steps else None
+    return {"step": steps[-1], **final} if final else None
+  except Exception:  # pylint: disable=broad-except
+    return None  # an unreadable record: train.py sorts it out when the run resumes
+  finally:
+    ckpts.close()
 
 
 class PreemptionSignal:

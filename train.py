@@ -38,29 +38,48 @@ AXIS = parallel.AXIS
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-  """train.py's command line (defined on demand, so that eval.py can import this module)."""
+def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None = None) -> None:
+  """train.py's command line (defined on demand, so that eval.py can import this module).
+
+  `argv` (the whole command line) replaces sys.argv as the source of config overrides.
+  """
   config_flags.DEFINE_config_file("config", None, "A config file from configs/, e.g. configs/resnet56.py.",
-                                  lock_config=True)
+                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "Where the run writes (config.json, metrics.jsonl, checkpoints, "
-                      "wandb). Default: runs/<run name>.")
-  flags.mark_flags_as_required(["config"])
+                      "wandb). Default: runs/<experiment>/<run name>.", flag_values=flag_values)
+  flags.mark_flags_as_required(["config"], flag_values=flag_values)
+
+
+def parse_command_line(args: list[str]) -> tuple[ml_collections.ConfigDict, str]:
+  """The config and workdir that `python train.py <args>` trains with."""
+  values, argv = flags.FlagValues(), ["train.py", *args]
+  define_flags(values, argv)
+  values(argv)
+  return values.config, values.workdir or default_workdir(values.config)
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
+def net_name(config: ml_collections.ConfigDict) -> str:
+  """What the run trains, seed aside: resnet56, plain20, resnet32-B, vgg16, ..."""
+  model = config.model
+  if model.name != "cifar_resnet":
+    return model.name
+  name = f"{'resnet' if model.residual else 'plain'}{model.depth}"
+  return name + (f"-{model.shortcut}" if model.residual and model.shortcut != "A" else "")
+
+
 def run_name(config: ml_collections.ConfigDict) -> str:
   """A short name that says what the run trains: resnet56, plain20, resnet32-B-seed3, ..."""
-  model = config.model
-  if model.name == "cifar_resnet":
-    name = f"{'resnet' if model.residual else 'plain'}{model.depth}"
-    if model.residual and model.shortcut != "A":
-      name += f"-{model.shortcut}"
-  else:
-    name = model.name
-  return name + (f"-seed{config.seed}" if config.seed else "")
+  return net_name(config) + (f"-seed{config.seed}" if config.seed else "")
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+  """runs/<experiment>/<run name>: a run's parameters, not a wandb id, say where it lives,
+  so that a sweep run that is stopped and started again finds its checkpoints."""
+  return os.path.join("runs", config.experiment, run_name(config))
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -104,7 +123,17 @@ def loss_and_error(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax
   return loss, error
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
+def block_grad_norms(grads: Any) -> dict[str, jax.Array]:
+  """The L2 norm of the gradient of each top-level block of the net, input to output.
+
+  Keys are `grad_norm/<block>` in the order the net creates its blocks, so a plot of
+  them runs from the first layer to the classifier.
+  """
+  return {f"grad_norm/{name}": optax.global_norm(g) for name, g in grads.items()}
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
+               log_grad_norms: bool = False) -> tuple[TrainState, dict]:
   """One SGD step on this device's part of the global batch; gradients averaged over devices."""
   def loss_fn(params):
     logits, updates = state.apply_fn(
@@ -120,6 +149,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -
   batch_stats = jax.lax.pmean(batch_stats, AXIS)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   metrics = {"train_loss": loss, "train_error": error}
+  if log_grad_norms:  # of the averaged gradient: the one the update uses
+    metrics.update(block_grad_norms(grads))
   return state, jax.lax.pmean(metrics, AXIS)
 
 
@@ -141,7 +172,7 @@ def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key: jax
   images = input_pipeline.pad_crop_flip(images, mine(offsets), mine(flips), config.dataset.crop_padding)
   batch = {"image": images, "label": data["label"][local]}
   rng = jax.random.fold_in(jax.random.fold_in(dropout_key, step), jax.lax.axis_index(AXIS))
-  return train_step(state, batch, rng)
+  return train_step(state, batch, rng, log_grad_norms=config.log_grad_norms)
 
 
 def eval_on_device(state: TrainState, split: dict[str, jax.Array], mean: jax.Array) -> dict[str, jax.Array]:
@@ -338,6 +369,7 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
         save(step)
       if preemption.signum:
         ckpts.wait()
+        writer.mark_preempted()
         if is_main:
           print(f"Stopped by signal {preemption.signum} at step {step}; checkpoint saved in "
                 f"{ckpts.directory}. Run the same command again to resume.", flush=True)
@@ -359,7 +391,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
-  train_and_evaluate(config, FLAGS.workdir or os.path.join("runs", run_name(config)))
+  train_and_evaluate(config, FLAGS.workdir or default_workdir(config))
 
 
 if __name__ == "__main__":

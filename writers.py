@@ -58,6 +58,12 @@ def format_duration(seconds: float) -> str:
   return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def read_metrics(workdir: str) -> list[dict[str, float]]:
+  """The lines of a run's metrics.jsonl, in order."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 def keep_lines_up_to(path: str, step: int) -> None:
   """Drops the lines of a metrics.jsonl after `step`: a resumed run writes them again."""
   if not os.path.exists(path):
@@ -95,21 +101,37 @@ class MetricWriter:
       return
     try:
       import wandb  # pylint: disable=g-import-not-at-top
-      # The run id lives in the workdir, so that a resumed run continues the same wandb run.
-      id_path = os.path.join(workdir, "wandb_run_id")
-      if not os.path.exists(id_path):
-        with open(id_path, "w") as f:
-          f.write(uuid.uuid4().hex[:12])
-      with open(id_path) as f:
-        run_id = f.read().strip()
+      if os.environ.get("WANDB_SWEEP_ID"):
+        # In a sweep the agent sets the run's id (a requeued run gets its old one back),
+        # project and entity; wandb would ignore ours with a warning.
+        where = {}
+      else:
+        # The run id lives in the workdir, so that a resumed run continues the same wandb run.
+        where = {"project": config.wandb.project, "entity": config.wandb.entity, "id": self._run_id(workdir)}
       self._wandb_run = wandb.init(
-          project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
-          name=run_name, id=run_id, resume="allow", config=flatten_config(config), mode=mode,
-          dir=workdir)
+          name=run_name, group=config.wandb.group or config.experiment or None, resume="allow",
+          config=flatten_config(config), mode=mode, dir=workdir, **where)
       self._wandb_run.summary["num_params"] = num_params
     except Exception as e:  # pylint: disable=broad-except
       print(f"wandb: could not start ({e}); training goes on without it.", file=sys.stderr, flush=True)
       self._wandb_run = None
+
+  @staticmethod
+  def _run_id(workdir: str) -> str:
+    path = os.path.join(workdir, "wandb_run_id")
+    if not os.path.exists(path):
+      with open(path, "w") as f:
+        f.write(uuid.uuid4().hex[:12])
+    with open(path) as f:
+      return f.read().strip()
+
+  def mark_preempted(self) -> None:
+    """Tells wandb the run was stopped from outside: a sweep then requeues it."""
+    if self._wandb_run is not None:
+      try:
+        self._wandb_run.mark_preempting()
+      except Exception as e:  # pylint: disable=broad-except
+        print(f"wandb: mark_preempting failed ({e}).", file=sys.stderr, flush=True)
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     """Records one line of metrics at `step` (the number of steps done)."""
@@ -130,7 +152,8 @@ class MetricWriter:
       return
     eta = format_duration((self.total_steps - step) * seconds_per_step)
     parts = [f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%)"]
-    parts += [f"{k} {v:.4g}" for k, v in metrics.items() if k != "images_per_sec"]
+    # Per-block metrics (grad_norm/<block>, ...) go to the files, not the console line.
+    parts += [f"{k} {v:.4g}" for k, v in metrics.items() if k != "images_per_sec" and "/" not in k]
     if "images_per_sec" in metrics:
       parts.append(f"{metrics['images_per_sec']:.0f} img/s")
     parts.append(f"ETA {eta}")

@@ -41,12 +41,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.cross_replica_bn = False  # batch-norm statistics over the global batch instead of per device
 
   config.log_every_steps = 100  # write training metrics (averaged since the last line) this often
+  config.log_grad_norms = False  # also log the gradient norm of each block (grad_norm/<block>)
   config.eval_every_steps = 1_000  # evaluate the whole test split this often, and at the end
   config.checkpoint_every_steps = 1_000  # save the train state this often, and at the end
   config.keep_checkpoints = 3  # how many of the newest checkpoints to keep
   config.restart = False  # delete the workdir's checkpoints and train from step 0
   config.eval_batch_size = 1_000  # images per evaluation chunk (global)
   config.seed = 0  # seeds the initialisation, the data order and the augmentation
+  config.experiment = ""  # runs of one experiment (sweep) share it: workdir runs/<experiment>/<run name>
 
   config.wandb = ml_collections.ConfigDict()
   config.wandb.mode = "auto"  # auto: $WANDB_MODE, else online with credentials, else offline; or online/offline/disabled

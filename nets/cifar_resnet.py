@@ -99,12 +99,14 @@ class CifarResNet(nn.Module):
         use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
         dtype=self.dtype, axis_name=self.axis_name if train else None, **kw)
 
+    # Named stem_*, block1 ... block3n, classifier: per-block metrics read input to output.
     x = jnp.asarray(x, self.dtype)
-    x = nn.relu(norm()(conv(STAGE_WIDTHS[0], (3, 3))(x)))
+    x = nn.relu(norm(name="stem_bn")(conv(STAGE_WIDTHS[0], (3, 3), name="stem_conv")(x)))
     for stage, features in enumerate(STAGE_WIDTHS):
       for block in range(n):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(features, strides, self.residual, self.shortcut, conv, norm)(x)
+        x = BasicBlock(features, strides, self.residual, self.shortcut, conv, norm,
+                       name=f"block{stage * n + block + 1}")(x)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
     return jnp.asarray(x, jnp.float32)

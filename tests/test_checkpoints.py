@@ -13,7 +13,8 @@ import pytest
 
 import checkpoints
 import train
-from tests.test_train import REPO, read_metrics
+from tests.test_train import REPO
+from writers import read_metrics
 
 
 def final_params(workdir):

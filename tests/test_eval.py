@@ -6,7 +6,7 @@ import pytest
 
 import eval as eval_lib
 import train
-from tests.test_train import read_metrics
+from writers import read_metrics
 
 
 @pytest.fixture

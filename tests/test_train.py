@@ -7,27 +7,18 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
 import train
+from writers import read_metrics
 from configs import default
 from tests.conftest import real_cifar10_dir, requires_cifar10
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
 def parse_flags(*argv):
-  """train.py's flags, parsed into a fresh FlagValues: the config a command line gives."""
-  values, argv = flags.FlagValues(), ["train.py", *argv]
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
-  values(argv)
-  return values.config
+  """The config that `python train.py <argv>` trains with."""
+  return train.parse_command_line(list(argv))[0]
 
 
 # ----------------------------------------------------------------------------------- recipe
@@ -122,7 +113,6 @@ def test_train_py_runs_without_importing_tensorflow(tmp_path):
   script = f"""
 import sys
 import tensorflow_datasets as tfds
-from absl import flags
 import train
 train.define_flags()
 sys.argv = ["train.py", "--config=configs/resnet20.py", "--config.model.depth=8", "--config.batch_size=16",

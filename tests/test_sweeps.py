@@ -1,0 +1,153 @@
+"""sweeps/: every run of a sweep file is a command train.py accepts, built as `wandb agent`
+builds it; the local runner runs a sweep, skips finished runs and resumes interrupted ones."""
+
+import glob
+import os
+import shutil
+import sys
+import textwrap
+
+import jax
+import pytest
+import yaml
+from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
+
+import train
+from sweeps import run as runner
+from tests.test_train import REPO
+from writers import read_metrics
+
+SWEEP_FILES = sorted(glob.glob(os.path.join(REPO, "sweeps", "*.yaml")))
+
+
+def config_value(config, dotted):
+  for key in dotted.split(".")[1:]:
+    config = config[key]
+  return config
+
+
+def test_the_papers_sweeps_are_there():
+  names = {os.path.basename(p) for p in SWEEP_FILES}
+  assert {"plain_vs_residual.yaml", "seeds.yaml", "shortcuts.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=os.path.basename)
+def test_each_run_gets_the_agents_argv_and_train_py_trains_the_intended_config(path):
+  sweep = runner.load_sweep(path)
+  assert sweep["program"] == "train.py" and sweep["method"] == "grid"
+  for params in runner.expand(sweep):
+    # The agent's own function, as it formats ${args}.
+    agent = wandb_sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    assert runner.agent_args(params)["args"] == agent["args"]
+    command = runner.command_line(sweep, params)
+    args = runner.train_args(sweep, command)
+    assert args[0].startswith("--config=configs/"), "--config must come before the overrides"
+    config, workdir = train.parse_command_line(args)
+    for key, value in params.items():
+      assert config_value(config, key) == value, key
+    assert workdir == os.path.join("runs", sweep["name"], train.run_name(config))
+
+
+def test_plain_vs_residual_is_the_papers_grid():
+  runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "plain_vs_residual.yaml")))
+  assert sorted(run.name for run in runs) == sorted(
+      f"{kind}{depth}" for kind in ("plain", "resnet") for depth in (20, 32, 44, 56, 110))
+  assert all(run.config.total_steps == 64_000 and run.config.lr_boundaries == (32_000, 48_000) for run in runs)
+
+
+def test_seeds_and_shortcuts_sweeps_give_each_run_its_own_workdir():
+  seeds = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "seeds.yaml")))
+  shortcuts = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "shortcuts.yaml")))
+  assert len({r.workdir for r in seeds}) == 25 and "runs/seeds/resnet110-seed4" in {r.workdir for r in seeds}
+  assert {r.name for r in shortcuts} == {"resnet20", "resnet56", "resnet110", "resnet20-B", "resnet56-B",
+                                         "resnet110-B"}
+
+
+def test_grid_varies_the_first_parameter_slowest():
+  sweep = {"method": "grid", "parameters": {"a": {"values": [1, 2]}, "b": {"values": ["x", "y"]},
+                                            "c": {"value": True}}}
+  assert runner.expand(sweep) == [{"a": 1, "b": "x", "c": True}, {"a": 1, "b": "y", "c": True},
+                                  {"a": 2, "b": "x", "c": True}, {"a": 2, "b": "y", "c": True}]
+
+
+def test_random_sweep_draws_count_runs_within_the_bounds_reproducibly():
+  sweep = {"method": "random", "parameters": {
+      "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1.0},
+      "depth": {"values": [20, 56]}, "seed": {"min": 0, "max": 9}}}
+  runs = runner.expand(sweep, count=20, seed=1)
+  assert len(runs) == 20 and runs == runner.expand(sweep, count=20, seed=1)
+  assert all(1e-3 <= r["lr"] <= 1.0 and r["depth"] in (20, 56) and 0 <= r["seed"] <= 9 for r in runs)
+  assert isinstance(runs[0]["seed"], int) and len({r["lr"] for r in runs}) == 20
+
+
+def test_bayes_and_unknown_macros_are_refused_with_the_way_out():
+  with pytest.raises(ValueError, match="needs wandb's server"):
+    runner.expand({"method": "bayes", "parameters": {"a": {"values": [1]}}})
+  with pytest.raises(ValueError, match=r"\$\{args_json_file\}"):
+    runner.command_line({"program": "train.py", "command": ["${args_json_file}"]}, {})
+
+
+def test_command_macros_are_filled_as_the_agent_fills_them(monkeypatch):
+  monkeypatch.setenv("MY_FLAG", "--config.seed=7")
+  sweep = {"program": "train.py", "command": ["${env}", "A=1", "${interpreter}", "${program}", "--config=c.py",
+                                             "${args_no_boolean_flags}", "${envvar:MY_FLAG}"]}
+  assert runner.command_line(sweep, {"x.on": True, "x.off": False, "x.n": 3}) == [
+      "/usr/bin/env", "A=1", sys.executable, "train.py", "--config=c.py", "--x.on", "--x.n=3", "--config.seed=7"]
+  # The agent's default command when a sweep file names none.
+  assert runner.command_line({"program": "p.py"}, {"k": 1}) == ["/usr/bin/env", sys.executable, "p.py", "--k=1"]
+
+
+# ------------------------------------------------------------------------------ the runner
+
+
+def write_tiny_sweep(tmp_path):
+  """A 2-run sweep of a ResNet-8 and a plain-8 for 4 steps on TFDS mock data."""
+  program = tmp_path / "mock_train.py"
+  program.write_text(textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, {REPO!r})
+      import tensorflow_datasets as tfds
+      from absl import app
+      import train
+      train.define_flags()
+      with tfds.testing.mock_data(num_examples=64):
+        app.run(train.main)
+      """))
+  sweep = {
+      "name": "tiny", "program": str(program), "method": "grid",
+      "command": ["${env}", "${interpreter}", "${program}", f"--config={REPO}/configs/default.py", "${args}"],
+      "parameters": {
+          "config.experiment": {"value": "tiny"},
+          "config.model.depth": {"value": 8}, "config.batch_size": {"value": 16},
+          "config.total_steps": {"value": 4}, "config.log_every_steps": {"value": 2},
+          "config.eval_every_steps": {"value": 4}, "config.checkpoint_every_steps": {"value": 2},
+          "config.dataset.cache_dir": {"value": ""}, "config.dataset.download": {"value": False},
+          "config.model.residual": {"values": [True, False]}}}
+  path = tmp_path / "tiny.yaml"
+  path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+  return str(path)
+
+
+def test_runner_runs_a_sweep_then_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)  # the runs land in runs/tiny/<run name> below it
+  monkeypatch.delenv("WANDB_MODE", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device per run, not the tests' eight
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)  # as the tests'
+  sweep = write_tiny_sweep(tmp_path)
+  assert runner.main([sweep, "--parallel", "2", "--gpus", ""]) == 0
+  out = capsys.readouterr().out
+  resnet, plain = (str(tmp_path / "runs" / "tiny" / name) for name in ("resnet8", "plain8"))
+  assert "on cores" in out and out.count("| done |") == 2
+  for workdir in (resnet, plain):
+    assert [line["step"] for line in read_metrics(workdir)] == [2, 4]
+    assert glob.glob(os.path.join(workdir, "wandb", "offline-run-*")), "offline wandb files to sync later"
+    assert "Done: " in open(os.path.join(workdir, "train.log")).read()
+
+  # plain8 loses its final checkpoint, as if killed after step 2; resnet8 is finished.
+  shutil.rmtree(os.path.join(plain, "checkpoints", "4"))
+  assert runner.main([sweep, "--gpus", ""]) == 0
+  out = capsys.readouterr().out
+  assert "resnet8: finished before, skipped" in out
+  assert "resuming at step 2" in open(os.path.join(plain, "train.log")).read()
+  assert [line["step"] for line in read_metrics(plain)] == [2, 4]
+  assert "| resnet8 | finished before |" in out and "| plain8 | done |" in out
