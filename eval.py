@@ -1,31 +1,51 @@
-"""Evaluates a run's checkpoint on the test split (and, if asked, the train split).
+"""Evaluates a run's checkpoint, and compares runs as curves and a table.
 
     python eval.py --workdir=runs/resnet56               # the newest checkpoint
     python eval.py --workdir=runs/resnet56 --step=32000 --train
+    python eval.py compare runs/plain_vs_residual        # every run below that folder
+    python eval.py compare runs/a runs/b --out=docs/fig6 # any runs
+    python eval.py compare my-team/depthlab/abc123xy     # a wandb sweep, read through wandb.Api()
 
-Reads the run's config.json, restores the checkpoint onto this machine's devices (any
-number of them), prints loss and error, and writes them to <workdir>/eval_<step>.json.
+Evaluating reads the run's config.json, restores the checkpoint onto this machine's
+devices (any number of them), prints loss and error and writes <workdir>/eval_<step>.json.
+
+Comparing reads each run's metrics.jsonl and config.json and draws He et al. 2015's
+Fig. 6: training error dashed, test error solid, against steps, one colour per depth,
+plain and residual nets in side-by-side panels with a shared y axis (PNG and PDF). It
+writes a Markdown table in the form of the paper's Table 6 (mean ± std where several
+seeds ran), and, for runs with config.log_grad_norms, a figure of each block's gradient
+norm from input to output.
 """
 
+import dataclasses
 import json
 import os
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 from absl import app, flags
 
 import checkpoints
 import input_pipeline
 import parallel
 import train
+import writers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The run's workdir (holds config.json and checkpoints/).")
-flags.DEFINE_integer("step", None, "The checkpoint's step; default: the newest.")
+flags.DEFINE_integer("step", None, "The checkpoint's step; default: the newest. compare: "
+                     "compare the runs as they stood after this many steps.")
 flags.DEFINE_bool("train", False, "Also evaluate the train split (no augmentation).")
 flags.DEFINE_integer("num_devices", 0, "Local devices to evaluate on; 0: all.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir; default: the run's, else $TFDS_DATA_DIR.")
+flags.DEFINE_string("out", None, "compare: where the figures and table go, as a path without "
+                    "extension; default: <first folder>/compare.")
+
+# He et al. 2015, Table 6: CIFAR-10 test error (%) of the residual nets (option A).
+PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -66,9 +86,241 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, include_train: bo
   return results
 
 
+# ------------------------------------------------------------------------------ comparing runs
+
+
+@dataclasses.dataclass
+class RunHistory:
+  """One run's config and metrics lines, from its workdir or from wandb."""
+  config: ml_collections.ConfigDict
+  lines: list[dict[str, float]]  # ordered by step
+  num_params: int | None = None
+  source: str = ""
+
+  @property
+  def net(self) -> str:
+    """Runs of the same net (seed aside) are averaged into one curve and one table row."""
+    return train.net_name(self.config)
+
+  @property
+  def panel(self) -> str:
+    """Plain and residual CIFAR nets side by side, as in the paper; other nets by name."""
+    if self.config.model.name == "cifar_resnet":
+      return "residual" if self.config.model.residual else "plain"
+    return self.config.model.name
+
+  def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the lines that hold `key`."""
+    points = [(line["step"], line[key]) for line in self.lines if key in line]
+    return np.array([p[0] for p in points]), np.array([p[1] for p in points])
+
+
+def load_local_runs(path: str) -> list[RunHistory]:
+  """Every run in `path`: a workdir, or a folder holding workdirs at any depth."""
+  runs = []
+  for folder, subfolders, files in os.walk(path):
+    subfolders[:] = sorted(d for d in subfolders if d not in ("checkpoints", "wandb", "unreadable_checkpoints"))
+    if "metrics.jsonl" in files and "config.json" in files:
+      config = load_run_config(folder)
+      with open(os.path.join(folder, "config.json")) as f:
+        num_params = json.load(f).get("num_params")
+      runs.append(RunHistory(config, writers.read_metrics(folder), num_params, folder))
+  return runs
+
+
+def load_wandb_sweep(sweep_path: str) -> list[RunHistory]:
+  """The runs of a wandb sweep ('entity/project/sweep_id'), read through the public API."""
+  import wandb  # pylint: disable=g-import-not-at-top
+  runs = []
+  for run in wandb.Api().sweep(sweep_path).runs:
+    config = train_config_of(run.config)
+    lines = [{k: v for k, v in row.items() if isinstance(v, (int, float)) and not k.startswith("_")}
+             | {"step": row["_step"]} for row in run.scan_history()]
+    runs.append(RunHistory(config, sorted(lines, key=lambda line: line["step"]),
+                           run.summary.get("num_params"), f"wandb:{run.path}"))
+  return runs
+
+
+def train_config_of(wandb_config: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A run's config from its wandb config (flat 'config.model.depth' keys) over the defaults."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.update_from_flattened_dict({k[len("config."):]: v for k, v in wandb_config.items()
+                                     if k.startswith("config.") and not isinstance(v, dict)})
+  return config
+
+
+def load_runs(sources: Sequence[str]) -> list[RunHistory]:
+  """The runs under each local path, or of each wandb sweep path (entity/project/sweep_id)."""
+  runs = []
+  for source in sources:
+    if os.path.exists(source):
+      found = load_local_runs(source)
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+/\w+", source):
+      found = load_wandb_sweep(source)
+    else:
+      raise FileNotFoundError(f"{source} is neither a folder nor a wandb sweep path (entity/project/sweep_id).")
+    if not found:
+      raise FileNotFoundError(f"No runs (metrics.jsonl with config.json) in {source}.")
+    runs += found
+  return runs
+
+
+def group_by_net(runs: Sequence[RunHistory]) -> dict[str, list[RunHistory]]:
+  """Runs of each net (its seeds), nets ordered by panel, then depth, then name."""
+  groups = {}
+  for run in runs:
+    groups.setdefault(run.net, []).append(run)
+  order = lambda net: (groups[net][0].panel, groups[net][0].config.model.get("depth", 0), net)
+  return {net: groups[net] for net in sorted(groups, key=order)}
+
+
+def mean_curve(runs: Sequence[RunHistory], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """The mean over runs of `key` at the steps every run logged it."""
+  curves = [run.curve(key) for run in runs]
+  steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+  values = [np.array([dict(zip(s.tolist(), v.tolist()))[t] for t in steps]) for s, v in curves]
+  return np.array(steps), np.mean(values, axis=0) if values else np.array([])
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")  # files only: works without a display
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+PANEL_TITLES = {"plain": "plain nets", "residual": "ResNets"}
+
+
+def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
+  """Fig. 6 as a matplotlib figure: train error dashed, test error solid, one colour per net."""
+  plt = _pyplot()
+  groups = group_by_net(runs)
+  panels = list(dict.fromkeys(group[0].panel for group in groups.values()))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
+  colours = plt.get_cmap("tab10").colors
+  for ax, panel in zip(axes[0], panels):
+    nets = [net for net, group in groups.items() if group[0].panel == panel]
+    for colour, net in zip(colours * 10, nets):
+      seeds = f" ({len(groups[net])} seeds)" if len(groups[net]) > 1 else ""
+      steps, train_error = mean_curve(groups[net], "train_error")
+      ax.plot(steps, 100 * train_error, "--", color=colour, linewidth=1)
+      steps, test_error = mean_curve(groups[net], "test_error")
+      ax.plot(steps, 100 * test_error, "-", color=colour, linewidth=2, marker="o" if len(steps) < 20 else None,
+              markersize=3, label=f"{net}{seeds}")
+    ax.set_title(PANEL_TITLES.get(panel, panel))
+    ax.set_xlabel("iterations")
+    ax.grid(alpha=0.3)
+    ax.legend(title="test solid, train dashed", fontsize=8, title_fontsize=8)
+  axes[0][0].set_ylabel("error (%)")
+  axes[0][0].set_ylim(bottom=0)
+  fig.tight_layout()
+  return fig
+
+
+def block_position(metric: str) -> float:
+  """Where a grad_norm/<block> metric sits from input (0) to output (inf)."""
+  name = metric.split("/", 1)[1]
+  number = re.fullmatch(r"block(\d+)", name)
+  return 0 if name.startswith("stem") else int(number.group(1)) if number else float("inf")
+
+
+def draw_grad_norms(runs: Sequence[RunHistory]) -> Any:
+  """Each block's gradient norm (mean over the run's log lines) from input to output, log scale.
+
+  Only runs trained with config.log_grad_norms appear; None if there are none.
+  """
+  runs = [run for run in runs if run.lines and any(k.startswith("grad_norm/") for k in run.lines[0])]
+  if not runs:
+    return None
+  plt = _pyplot()
+  groups = group_by_net(runs)
+  panels = list(dict.fromkeys(group[0].panel for group in groups.values()))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
+  colours = plt.get_cmap("tab10").colors
+  for ax, panel in zip(axes[0], panels):
+    nets = [net for net, group in groups.items() if group[0].panel == panel]
+    for colour, net in zip(colours * 10, nets):
+      keys = sorted((k for k in groups[net][0].lines[0] if k.startswith("grad_norm/block")), key=block_position)
+      means = [mean_curve(groups[net], k)[1].mean() for k in keys]
+      ax.semilogy([block_position(k) for k in keys], means, "-o", color=colour, markersize=3, label=net)
+    ax.set_title(f"{PANEL_TITLES.get(panel, panel)}: gradient norm per block")
+    ax.set_xlabel("block (1 = next to the input)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+  axes[0][0].set_ylabel("mean gradient norm over training")
+  fig.tight_layout()
+  return fig
+
+
+def save_figure(fig: Any, *paths: str) -> list[str]:
+  for path in paths:
+    fig.savefig(path, dpi=150)
+  _pyplot().close(fig)
+  return list(paths)
+
+
+def _percent(values: Sequence[float]) -> str:
+  """'7.51' for one run, '7.51 ± 0.16' (mean ± sample std) for several."""
+  values = 100 * np.asarray(values)
+  if len(values) == 1:
+    return f"{values[0]:.2f}"
+  return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+
+def results_table(runs: Sequence[RunHistory]) -> str:
+  """Table 6 as Markdown: per net its depth, parameters, final and best errors (%), and the paper's."""
+  rows = ["| net | depth | parameters | runs | steps | final train error | final test error "
+          "| best test error | paper test error |", "|---|---|---|---|---|---|---|---|---|"]
+  for net, group in group_by_net(runs).items():
+    config = group[0].config
+    depth = config.model.get("depth", "")
+    paper = PAPER_TEST_ERROR.get(depth) if net == f"resnet{depth}" else None
+    final = lambda key: [run.curve(key)[1][-1] for run in group]
+    best = [run.curve("test_error")[1].min() for run in group]
+    params = f"{group[0].num_params / 1e6:.2f}M" if group[0].num_params else "-"
+    steps = max(int(run.lines[-1]["step"]) for run in group)
+    rows.append(f"| {net} | {depth} | {params} | {len(group)} | {steps} | {_percent(final('train_error'))} | "
+                f"{_percent(final('test_error'))} | {_percent(best)} | {paper if paper else '-'} |")
+  return "\n".join(rows)
+
+
+def up_to_step(run: RunHistory, step: int | None) -> RunHistory:
+  """The run as it stood after `step` steps (to compare runs of different lengths at equal steps)."""
+  return run if step is None else dataclasses.replace(run, lines=[line for line in run.lines if line["step"] <= step])
+
+
+def compare(sources: Sequence[str], out: str | None = None, step: int | None = None) -> dict[str, Any]:
+  """Draws the runs' curves and writes their table; returns the paths written and the table."""
+  runs = [up_to_step(run, step) for run in load_runs(sources)]
+  runs = [run for run in runs if any("test_error" in line for line in run.lines)]
+  if not runs:
+    raise ValueError(f"No run in {list(sources)} has been evaluated yet (no test_error in metrics.jsonl).")
+  out = out or os.path.join(sources[0] if os.path.isdir(sources[0]) else "runs", "compare")
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  table = results_table(runs)
+  with open(f"{out}.md", "w") as f:
+    f.write(table + "\n")
+  paths = save_figure(draw_error_curves(runs), f"{out}.png", f"{out}.pdf") + [f"{out}.md"]
+  grad_norms = draw_grad_norms(runs)
+  if grad_norms is not None:
+    paths += save_figure(grad_norms, f"{out}_grad_norms.png")
+  return {"table": table, "paths": paths, "runs": len(runs)}
+
+
 def main(argv):
+  if len(argv) > 1 and argv[1] == "compare":
+    if len(argv) < 3:
+      raise app.UsageError("compare needs run folders or wandb sweep paths, e.g. eval.py compare runs/plain_vs_residual")
+    result = compare(argv[2:], FLAGS.out, FLAGS.step)
+    print(result["table"])
+    print(f"{result['runs']} runs compared; wrote " + ", ".join(result["paths"]))
+    return
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS.workdir:
+    raise app.UsageError("Give --workdir=<a run's workdir> to evaluate, or `compare <folders>`.")
   results = evaluate_checkpoint(FLAGS.workdir, FLAGS.step, FLAGS.train, FLAGS.num_devices, FLAGS.data_dir)
   print(f"{FLAGS.workdir} at step {results['step']} on {results['devices']} device(s):")
   for name in [k[:-len("_error")] for k in results if k.endswith("_error")]:
@@ -77,5 +329,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir"])
   app.run(main)

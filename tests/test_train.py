@@ -51,7 +51,24 @@ def test_run_names_say_what_is_trained():
   assert train.run_name(parse_flags("--config=configs/plain20.py")) == "plain20"
 
 
+def test_workdir_follows_from_the_experiment_and_run_name_unless_given():
+  assert train.parse_command_line(["--config=configs/plain20.py"])[1] == "runs/plain20"
+  assert train.parse_command_line(["--config=configs/resnet56.py", "--config.experiment=fig6",
+                                   "--config.seed=2"])[1] == "runs/fig6/resnet56-seed2"
+  assert train.parse_command_line(["--config=configs/resnet56.py", "--workdir=/tmp/x"])[1] == "/tmp/x"
+
+
 # ------------------------------------------------------------------------------ what a run does
+
+
+def test_grad_norms_are_logged_per_block_from_stem_to_classifier(mock_cifar10, tiny_config, tmp_path):
+  tiny_config.log_grad_norms = True
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  line = read_metrics(tmp_path)[0]
+  norms = {k: v for k, v in line.items() if k.startswith("grad_norm/")}
+  blocks = ["block1", "block2", "block3"]  # ResNet-8: one block per stage
+  assert sorted(norms) == sorted(f"grad_norm/{b}" for b in ["stem_conv", "stem_bn", *blocks, "classifier"])
+  assert all(0 < v < float("inf") for v in norms.values())
 
 
 def test_a_run_writes_config_and_metrics(mock_cifar10, tiny_config, tmp_path):

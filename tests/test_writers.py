@@ -53,3 +53,32 @@ def test_offline_run_writes_wandb_files(mock_cifar10, tiny_config, tmp_path, mon
   train.train_and_evaluate(tiny_config, str(tmp_path))
   runs = list((tmp_path / "wandb").glob("offline-run-*"))
   assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+class FakeWandbRun:
+  def __init__(self, **kwargs):
+    self.init_kwargs, self.summary, self.preempting = kwargs, {}, False
+
+  def mark_preempting(self):
+    self.preempting = True
+
+  def finish(self, exit_code=0):
+    self.exit_code = exit_code
+
+
+@pytest.mark.parametrize("in_sweep", [False, True])
+def test_sweep_runs_take_the_agents_run_id_and_report_preemption(tmp_path, monkeypatch, in_sweep):
+  import wandb  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(wandb, "init", FakeWandbRun)
+  if in_sweep:
+    monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")
+  config = default.get_config()
+  config.wandb.mode, config.experiment = "offline", "fig6"
+  with writers.MetricWriter(str(tmp_path), config, "resnet56", 850_000) as writer:
+    writer.mark_preempted()
+    run = writer._wandb_run  # pylint: disable=protected-access
+  assert run.preempting and run.init_kwargs["group"] == "fig6" and run.init_kwargs["name"] == "resnet56"
+  if in_sweep:  # the agent's WANDB_RUN_ID, project and entity apply; a requeued run keeps its id
+    assert "id" not in run.init_kwargs and "project" not in run.init_kwargs
+  else:  # the id lives in the workdir, so a resumed run continues its wandb run
+    assert run.init_kwargs["id"] == (tmp_path / "wandb_run_id").read_text()
