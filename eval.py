@@ -271,8 +271,8 @@ def _percent(values: Sequence[float]) -> str:
 
 def results_table(runs: Sequence[RunHistory]) -> str:
   """Table 6 as Markdown: per net its depth, parameters, final and best errors (%), and the paper's."""
-  rows = ["| net | depth | parameters | runs | steps | final train error | final test error "
-          "| best test error | paper test error |", "|---|---|---|---|---|---|---|---|---|"]
+  rows = ["| net | depth | parameters | runs | steps | final train error (%) | final test error (%) "
+          "| best test error (%) | paper test error (%) |", "|---|---|---|---|---|---|---|---|---|"]
   for net, group in group_by_net(runs).items():
     config = group[0].config
     depth = config.model.get("depth", "")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags
+from absl import app, flags, logging
 from flax.training import train_state
 from ml_collections import config_flags
 
@@ -390,6 +390,8 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:  # orbax logs each save at INFO; keep the console to progress
+    logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
   train_and_evaluate(config, FLAGS.workdir or default_workdir(config))
 

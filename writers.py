@@ -156,7 +156,8 @@ class MetricWriter:
     parts += [f"{k} {v:.4g}" for k, v in metrics.items() if k != "images_per_sec" and "/" not in k]
     if "images_per_sec" in metrics:
       parts.append(f"{metrics['images_per_sec']:.0f} img/s")
-    parts.append(f"ETA {eta}")
+    if seconds_per_step:  # unknown until a step past the compiling one has been timed
+      parts.append(f"ETA {eta}")
     print(" | ".join(parts), flush=True)
 
   def summarize(self, summary: Mapping[str, Any]) -> None:
