@@ -1,0 +1,392 @@
+"""Times the real train step of any config, and a PyTorch twin of it if asked.
+
+    python bench.py --config=configs/resnet56.py
+    python bench.py --config=configs/resnet20.py --config.dtype=bfloat16 --steps_per_dispatch=10
+    python bench.py --config=configs/resnet20.py --torch=all --out=bench.json
+
+What is timed is train.py's own step: `train.train_step_on_device` (the on-device batch
+gathering, crop, flip and normalisation included) run on the devices by
+`parallel.Replicas.parallelize`, as `train.train_from` runs it, on a random uint8 training
+set of CIFAR-10's shape (`--real_data`: the real one). After the first dispatch (which
+compiles) and one untimed dispatch more, `--windows` windows of `--steps_per_window` steps
+are timed and the medians reported. With `--torch`, each of our windows is followed by one
+window of each PyTorch variant (benchmarks/torch_resnet.py), so that a drift in the
+machine's speed reaches both sides alike, and the ratio ours / PyTorch is taken per window.
+
+Batch, dtype and devices are config fields: --config.batch_size, --config.dtype,
+--config.num_devices, --config.parallelism. Results are printed as a table and written as
+JSON with --out.
+"""
+
+import time
+
+IMPORT_START = time.perf_counter()  # set before JAX and the repo load: importing them is start-up too
+
+import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
+import functools
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+from typing import Any, Callable, Protocol
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+import input_pipeline
+import nets
+import parallel
+import train
+import writers
+
+IMPORT_SECONDS = time.perf_counter() - IMPORT_START
+CIFAR_IMAGE_SHAPE = (32, 32, 3)
+CIFAR_TRAIN_EXAMPLES = 50_000
+OURS = "depthlab"
+TORCH_INSTALL_HINT = "pip install -r benchmarks/requirements-torch.txt"
+# The PyTorch variants: name -> (channels_last, bfloat16 autocast). "fp32" is NCHW in float32.
+TORCH_VARIANTS = {"fp32": (False, False), "bf16": (False, True), "channels_last": (True, False)}
+
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How to time: everything that is not a config field."""
+  windows: int = 5
+  steps_per_window: int = 20
+  steps_per_dispatch: int = 1
+  torch_variants: tuple[str, ...] = ()  # names in TORCH_VARIANTS
+  real_data: bool = False
+  num_examples: int = CIFAR_TRAIN_EXAMPLES  # of the random training set
+
+  def __post_init__(self):
+    if self.windows < 1 or self.steps_per_window < 1 or self.steps_per_dispatch < 1:
+      raise ValueError("--windows, --steps_per_window and --steps_per_dispatch must be at least 1.")
+    if self.steps_per_window % self.steps_per_dispatch:
+      raise ValueError(
+          f"--steps_per_window={self.steps_per_window} is not a multiple of "
+          f"--steps_per_dispatch={self.steps_per_dispatch}; a window is a whole number of dispatches.")
+    unknown = [v for v in self.torch_variants if v not in TORCH_VARIANTS]
+    if unknown:
+      raise ValueError(f"Unknown --torch variant(s) {unknown}; use some of {list(TORCH_VARIANTS)}, all or none.")
+
+  @property
+  def dispatches_per_window(self) -> int:
+    return self.steps_per_window // self.steps_per_dispatch
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None = None) -> None:
+  """bench.py's command line; `argv` (the whole command line) replaces sys.argv for config overrides."""
+  config_flags.DEFINE_config_file("config", None, "A config file from configs/, e.g. configs/resnet56.py.",
+                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flags.DEFINE_integer("windows", Options.windows, "Timed windows; figures are their medians.",
+                       flag_values=flag_values)
+  flags.DEFINE_integer("steps_per_window", Options.steps_per_window, "Train steps in each timed window.",
+                       flag_values=flag_values)
+  flags.DEFINE_integer("steps_per_dispatch", Options.steps_per_dispatch,
+                       "Train steps per call of the jitted function (a lax.scan over the step).",
+                       flag_values=flag_values)
+  flags.DEFINE_list("torch", [], "PyTorch variants timed alternately with ours: fp32, bf16 (autocast), "
+                    f"channels_last, all, or none. Needs PyTorch: {TORCH_INSTALL_HINT}.",
+                    flag_values=flag_values)
+  flags.DEFINE_bool("real_data", False, "Train on the config's dataset from TFDS instead of random "
+                    "images (loading it counts as start-up).", flag_values=flag_values)
+  flags.DEFINE_integer("num_examples", CIFAR_TRAIN_EXAMPLES, "Size of the random training set.",
+                       flag_values=flag_values)
+  flags.DEFINE_string("out", None, "Also write the results as JSON to this file.", flag_values=flag_values)
+  flags.mark_flags_as_required(["config"], flag_values=flag_values)
+
+
+def options_from_flags(values: flags.FlagValues) -> Options:
+  variants = tuple(TORCH_VARIANTS) if "all" in values.torch else tuple(v for v in values.torch if v != "none")
+  return Options(values.windows, values.steps_per_window, values.steps_per_dispatch, variants,
+                 values.real_data, values.num_examples)
+
+
+def parse_command_line(args: list[str]) -> tuple[ml_collections.ConfigDict, Options, str | None]:
+  """The config, options and JSON path of `python bench.py <args>`."""
+  values, argv = flags.FlagValues(), ["bench.py", *args]
+  define_flags(values, argv)
+  values(argv)
+  return values.config, options_from_flags(values), values.out
+
+
+# ------------------------------------------------------------------------------- our step
+
+
+def repeat_step(step_fn: Callable[..., tuple[Any, dict]], n: int) -> Callable[..., tuple[Any, dict]]:
+  """`n` calls of a per-device step (state, *args) -> (state, metrics) as one, by lax.scan.
+
+  The step reads its batch from `state.step`, so each of the n steps trains on the next
+  batch, exactly as n dispatches would. Metrics are the means over the n steps.
+  """
+  if n == 1:
+    return step_fn
+
+  def steps(state, *args):
+    state, metrics = jax.lax.scan(lambda s, _: step_fn(s, *args), state, length=n)
+    return state, jax.tree_util.tree_map(lambda m: m.mean(axis=0), metrics)
+  return steps
+
+
+def random_dataset(num_examples: int, seed: int, num_classes: int = 10) -> input_pipeline.Dataset:
+  """Uniform random uint8 images of CIFAR-10's shape and random labels: no download needed.
+
+  The mean image is that of uniform pixels; the step's cost does not depend on its values.
+  """
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (num_examples, *CIFAR_IMAGE_SHAPE), dtype=np.uint8)
+  labels = rng.integers(0, num_classes, num_examples, dtype=np.int32)
+  return input_pipeline.Dataset(train=input_pipeline.Split(images, labels), eval_splits={},
+                                mean_image=np.full(CIFAR_IMAGE_SHAPE, 0.5, np.float32),
+                                num_classes=num_classes)
+
+
+class Timed(Protocol):
+  """One side of the comparison: runs `steps` train steps and returns the seconds they took."""
+
+  def run(self, steps: int) -> float:
+    ...
+
+
+class OurStep:
+  """train.py's step on the devices with its state and on-device data, ready to time."""
+
+  def __init__(self, config: ml_collections.ConfigDict, options: Options):
+    start = time.perf_counter()
+    self.replicas = parallel.Replicas(config.parallelism, config.num_devices)
+    train.check_batch_size(config, self.replicas.count)
+    dataset = (input_pipeline.load_dataset(config.dataset) if options.real_data
+               else random_dataset(options.num_examples, config.seed))
+    self.num_classes = dataset.num_classes
+    model = train.create_model(config, dataset.num_classes)
+    init_key, data_key = jax.random.split(jax.random.key(config.seed))
+    state = train.create_train_state(config, model, init_key, dataset.train.images.shape[1:])
+    self.num_params = nets.count_params(state.params)
+    step = functools.partial(train.train_step_on_device, config=config, num_devices=self.replicas.count)
+    self.steps_per_dispatch = options.steps_per_dispatch
+    self.train_fn = self.replicas.parallelize(repeat_step(step, self.steps_per_dispatch),
+                                              donate_argnums=(0,))
+    self.state = self.replicas.replicate(state)
+    self.data = self.replicas.replicate({
+        "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
+    self.data_key = self.replicas.replicate(data_key)
+    self.metrics = None
+    jax.block_until_ready((self.state, self.data))
+    self.startup_seconds = time.perf_counter() - start
+
+  def run(self, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps // self.steps_per_dispatch):
+      self.state, self.metrics = self.train_fn(self.state, self.data, self.data_key)
+    jax.block_until_ready((self.state, self.metrics))
+    return time.perf_counter() - start
+
+  def last_metrics(self) -> dict[str, float]:
+    return {k: float(v) for k, v in self.replicas.to_host(self.metrics).items()}
+
+  def peak_device_bytes(self) -> int | None:
+    """The largest peak allocation of our devices, where the backend reports it (GPU, TPU)."""
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in self.replicas.local_devices]
+    peaks = [p for p in peaks if p is not None]
+    return max(peaks) if peaks else None
+
+
+# ------------------------------------------------------------------------------ PyTorch side
+
+
+def check_torch_installed() -> None:
+  """Raises an ImportError that says how to install PyTorch where it is missing, without importing it."""
+  if importlib.util.find_spec("torch") is None:
+    raise ImportError(f"--torch needs PyTorch, an optional dependency: {TORCH_INSTALL_HINT}")
+
+
+class TorchStep:
+  """The PyTorch baseline's step on one fixed random batch, ready to time.
+
+  It runs on the GPU when ours does (and PyTorch sees one), else on the CPU. It has no
+  data pipeline: its batch is made once, where ours is gathered and augmented every step.
+  """
+
+  def __init__(self, variant: str, config: ml_collections.ConfigDict, num_classes: int):
+    import torch  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_resnet  # pylint: disable=g-import-not-at-top
+    if config.model.name != "cifar_resnet":
+      raise ValueError(f"The PyTorch baseline is the CIFAR ResNet only; model.name is {config.model.name!r}.")
+    self.torch = torch
+    on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+    self.device = torch.device("cuda" if on_gpu else "cpu")
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    torch.manual_seed(config.seed)
+    channels_last, bf16 = TORCH_VARIANTS[variant]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = torch_resnet.CifarResNet(config.model.depth, config.model.residual, config.model.shortcut,
+                                     num_classes).to(self.device, memory_format=memory_format)
+    self.num_params = torch_resnet.count_params(model)
+    optimizer = torch_resnet.create_optimizer(model, config.learning_rate, config.momentum,
+                                              config.weight_decay)
+    self.step = torch_resnet.make_train_step(model, optimizer, torch.bfloat16 if bf16 else None)
+    height, width, channels = CIFAR_IMAGE_SHAPE
+    self.images = torch.randn(config.batch_size, channels, height, width, device=self.device
+                              ).contiguous(memory_format=memory_format)
+    self.labels = torch.randint(0, num_classes, (config.batch_size,), device=self.device)
+    self.loss = None
+
+  def run(self, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.loss = self.step(self.images, self.labels)
+    if self.device.type == "cuda":  # kernels run asynchronously: wait for the last one
+      self.torch.cuda.synchronize(self.device)
+    return time.perf_counter() - start
+
+  def peak_device_bytes(self) -> int | None:
+    return self.torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+
+
+# ---------------------------------------------------------------------------- the benchmark
+
+
+def peak_host_bytes() -> int:
+  """This process's resident-memory high-water mark (Linux reports KiB, macOS bytes)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak if sys.platform == "darwin" else peak * 1024
+
+
+def throughput(seconds: list[float], steps: int, batch_size: int) -> dict[str, Any]:
+  """Images/s and ms/step of each window, and their medians."""
+  windows = [{"images_per_sec": batch_size * steps / s, "ms_per_step": 1000 * s / steps} for s in seconds]
+  return {"images_per_sec": statistics.median(w["images_per_sec"] for w in windows),
+          "ms_per_step": statistics.median(w["ms_per_step"] for w in windows),
+          "windows": windows}
+
+
+def warm_up(side: Timed, steps: int) -> float:
+  """Runs `steps` twice, untimed for the benchmark: the first compiles. Returns the first's seconds."""
+  first = side.run(steps)
+  side.run(steps)
+  return first
+
+
+def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[str, Any]:
+  """Times our step (and the PyTorch variants, alternately); returns what the JSON holds."""
+  if options.torch_variants:
+    check_torch_installed()  # now, not after compiling ours
+  ours = OurStep(config, options)
+  first_dispatch = warm_up(ours, options.steps_per_dispatch)
+  ours_peak_host = peak_host_bytes()  # before PyTorch is imported: ours alone
+  baselines = {v: TorchStep(v, config, ours.num_classes) for v in options.torch_variants}
+  first_steps = {v: warm_up(b, 1) for v, b in baselines.items()}
+
+  seconds = {name: [] for name in [OURS, *baselines]}
+  for _ in range(options.windows):
+    seconds[OURS].append(ours.run(options.steps_per_window))
+    for variant, baseline in baselines.items():
+      seconds[variant].append(baseline.run(options.steps_per_window))
+
+  measured = throughput(seconds[OURS], options.steps_per_window, config.batch_size)
+  seconds_per_dispatch = measured["ms_per_step"] * options.steps_per_dispatch / 1000
+  result = {
+      "net": train.net_name(config),
+      "num_params": ours.num_params,
+      "batch_size": config.batch_size,
+      "dtype": config.dtype,
+      "parallelism": config.parallelism,
+      "steps_per_dispatch": options.steps_per_dispatch,
+      "windows": options.windows,
+      "steps_per_window": options.steps_per_window,
+      "data": config.dataset.name if options.real_data else "random",
+      "device": {"platform": jax.default_backend(), "kind": ours.replicas.devices[0].device_kind,
+                 "count": ours.replicas.count, "host_cpus": os.cpu_count(), "host": platform.node()},
+      "versions": {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__},
+      "import_s": IMPORT_SECONDS,
+      "startup_s": ours.startup_seconds,
+      OURS: {
+          **measured,
+          "first_dispatch_s": first_dispatch,
+          # The first dispatch traces, compiles and runs once; running is what a later one costs.
+          "compile_s": max(first_dispatch - seconds_per_dispatch, 0.0),
+          "peak_host_bytes": ours_peak_host,
+          "peak_device_bytes": ours.peak_device_bytes(),
+          "train_loss": ours.last_metrics()["train_loss"],
+      },
+      "total_steps": config.total_steps,
+      "projected_total_s": config.total_steps * measured["ms_per_step"] / 1000,
+      "torch": {},
+  }
+  for variant, baseline in baselines.items():
+    theirs = throughput(seconds[variant], options.steps_per_window, config.batch_size)
+    ratios = [s / ours_s for ours_s, s in zip(seconds[OURS], seconds[variant])]  # = images/s ratio
+    result["versions"]["torch"] = baseline.torch.__version__
+    result["torch"][variant] = {
+        **theirs, "device": str(baseline.device), "num_params": baseline.num_params,
+        "first_step_s": first_steps[variant], "peak_device_bytes": baseline.peak_device_bytes(),
+        "train_loss": float(baseline.loss),
+        "ours_over_torch": ratios, "ours_over_torch_median": statistics.median(ratios)}
+  result["process_peak_host_bytes"] = peak_host_bytes()
+  return result
+
+
+# --------------------------------------------------------------------------------- reporting
+
+
+def format_bytes(count: int | None) -> str:
+  return "n/a" if count is None else f"{count / 2**20:,.0f} MiB"
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """The console report: per-window images/s of each side and the ratios, then the one-off costs."""
+  device = result["device"]
+  ours = result[OURS]
+  lines = [
+      f"{result['net']} ({result['num_params']:,} params) | batch {result['batch_size']} | "
+      f"{result['dtype']} | {result['parallelism']} on {device['count']} x {device['kind']} | "
+      f"{result['steps_per_dispatch']} step(s)/dispatch | {result['windows']} windows x "
+      f"{result['steps_per_window']} steps | {result['data']} data"]
+  rows = [(f"{OURS} images/s", ours)] + [(f"torch {v} images/s", t) for v, t in result["torch"].items()]
+  ratio_rows = [(f"  ours / torch {v}", t["ours_over_torch"], t["ours_over_torch_median"])
+                for v, t in result["torch"].items()]
+  label_width, width = max(len(label) for label, *_ in rows + ratio_rows) + 2, 10
+  lines.append(f"{'':<{label_width}}" + "".join(f"{f'window {i + 1}':>{width}}" for i in range(result["windows"]))
+               + f"{'median':>{width}}{'ms/step':>{width}}")
+  for label, side in rows:
+    lines.append(f"{label:<{label_width}}" + "".join(f"{w['images_per_sec']:>{width}.1f}" for w in side["windows"])
+                 + f"{side['images_per_sec']:>{width}.1f}{side['ms_per_step']:>{width}.1f}")
+  for label, ratios, median in ratio_rows:
+    lines.append(f"{label:<{label_width}}" + "".join(f"{r:>{width}.3f}" for r in ratios) + f"{median:>{width}.3f}")
+  lines.append(
+      f"start-up {result['startup_s']:.1f}s (+ imports {result['import_s']:.1f}s) | first dispatch "
+      f"{ours['first_dispatch_s']:.1f}s, of which compilation ~{ours['compile_s']:.1f}s | peak host memory "
+      f"{format_bytes(ours['peak_host_bytes'])} | peak device memory {format_bytes(ours['peak_device_bytes'])}")
+  lines.append(f"projected {result['total_steps']:,} steps at the median: "
+               f"{writers.format_duration(result['projected_total_s'])} (train steps only)")
+  return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  result = run_benchmark(FLAGS.config, options_from_flags(FLAGS))
+  print(format_table(result), flush=True)
+  if FLAGS.out:
+    write_json(result, FLAGS.out)
+    print(f"Wrote {FLAGS.out}", flush=True)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

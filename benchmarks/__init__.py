@@ -1,0 +1,1 @@
+"""Throughput benchmarks: the PyTorch baseline and the scripts around bench.py."""
