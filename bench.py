@@ -371,7 +371,7 @@ def format_table(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def write_json(result: dict[str, Any], path: str) -> None:
+def write_json(result: Any, path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
