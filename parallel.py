@@ -92,6 +92,10 @@ def maybe_initialize_distributed(config: Any, environ: Mapping[str, str] = os.en
         file=sys.stderr, flush=True)
   jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
                              process_id=process_id, initialization_timeout=timeout)
+  # A first collective while the processes are still in step: CPU collectives (gloo) set up
+  # their connections at the first one and give up if a process is 30 s late, as it is when
+  # it still compiles the train step; later collectives wait as long as it takes.
+  sync_processes("joined")
 
 
 def _or_detected(value: int | None) -> str:
