@@ -178,7 +178,7 @@ class OurStep:
     self.state = self.replicas.replicate(state)
     self.data = self.replicas.replicate({
         "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
-    self.data_key = self.replicas.replicate(data_key)
+    self.data_key = self.replicas.replicate(jax.random.key_data(data_key))  # as train_from passes it
     self.metrics = None
     jax.block_until_ready((self.state, self.data))
     self.startup_seconds = time.perf_counter() - start

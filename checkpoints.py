@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+import parallel
 import writers
 
 # The fields a run cannot change when it resumes: they change the model or the data.
@@ -94,6 +95,7 @@ class Checkpoints:
       os.makedirs(os.path.dirname(aside), exist_ok=True)
       shutil.rmtree(aside, ignore_errors=True)
       os.replace(os.path.join(self.directory, str(step)), aside)
+    parallel.sync_processes(f"move_aside_{step}")  # the others reload only once it is gone
     self._manager.reload()
     return aside
 

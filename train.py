@@ -154,10 +154,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   return state, jax.lax.pmean(metrics, AXIS)
 
 
-def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key: jax.Array, *,
+def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key_data: jax.Array, *,
                          config: ml_collections.ConfigDict, num_devices: int) -> tuple[TrainState, dict]:
-  """Builds this device's slice of the step's global batch from the on-device dataset, then steps."""
-  order_key, augment_key, dropout_key = jax.random.split(key, 3)
+  """Builds this device's slice of the step's global batch from the on-device dataset, then steps.
+
+  `key_data` is jax.random.key_data of the run's data key.
+  """
+  order_key, augment_key, dropout_key = jax.random.split(jax.random.wrap_key_data(key_data), 3)
   step = state.step
   global_batch = config.batch_size
   local_batch = global_batch // num_devices
@@ -204,11 +207,15 @@ def shard_for_eval(split: input_pipeline.Split, num_devices: int, batch_size: in
       num_devices, per_device // chunk, chunk, *v.shape[1:]) for k, v in arrays.items()}
 
 
-def check_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def check_batch_size(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
+  """The global batch must split evenly over the devices of all processes."""
   if config.batch_size % num_devices:
+    fewer = ("fewer devices (--config.num_devices=...)" if num_processes == 1 else
+             "another number of processes or devices per process")
     raise ValueError(
-        f"batch_size {config.batch_size} does not divide over {num_devices} devices; "
-        f"use a multiple of {num_devices} (--config.batch_size=...) or fewer devices (--config.num_devices=...).")
+        f"batch_size {config.batch_size} does not divide over {num_devices} devices"
+        + (f" ({num_processes} processes)" if num_processes > 1 else "")
+        + f"; use a multiple of {num_devices} (--config.batch_size=...) or {fewer}.")
 
 
 def make_evaluator(replicas: parallel.Replicas, splits: dict[str, input_pipeline.Split],
@@ -269,18 +276,31 @@ def restore_or_start(config: ml_collections.ConfigDict, ckpts: checkpoints.Check
   return state, record
 
 
+def agreed_stop_signal(preemption: checkpoints.PreemptionSignal, at_boundary: bool) -> int:
+  """The signal that stops the run after this step, 0 to go on.
+
+  A single process stops at once. Several processes must stop at the same step (one that
+  left the step's collectives would leave the others waiting), so they compare at log and
+  checkpoint steps only, which keeps the host sync out of the other steps.
+  """
+  if jax.process_count() == 1:
+    return preemption.signum
+  return parallel.max_over_processes(preemption.signum) if at_boundary else 0
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains until config.total_steps, resuming from the workdir's checkpoints; returns the final metrics."""
   run_start = time.perf_counter()
   parallel.maybe_initialize_distributed(config.distributed)
   replicas = parallel.Replicas(config.parallelism, config.num_devices)
-  check_batch_size(config, replicas.count)
+  check_batch_size(config, replicas.count, jax.process_count())
   is_main = jax.process_index() == 0
   if config.restart and is_main:  # a new run: new checkpoints, metrics and wandb run
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
     for name in ("metrics.jsonl", "wandb_run_id"):
       if os.path.exists(os.path.join(workdir, name)):
         os.remove(os.path.join(workdir, name))
+  parallel.sync_processes("restart")  # no process may find the checkpoints process 0 is deleting
 
   dataset = input_pipeline.load_dataset(config.dataset)
   model = create_model(config, dataset.num_classes)
@@ -321,7 +341,8 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
   state = replicas.replicate(state)
   train_data = replicas.replicate({
       "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
-  data_key = replicas.replicate(data_key)
+  # As raw key data: pmap refuses a typed key array that spans several processes.
+  key_data = replicas.replicate(jax.random.key_data(data_key))
 
   def save(step: int, final: dict[str, float] | None = None) -> None:
     copy = replicas.single_copy(state)
@@ -339,7 +360,7 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
   loop_start, line, step, evaluated = time.perf_counter(), {}, first_step, {}
   with checkpoints.PreemptionSignal() as preemption, writer:
     for step in range(first_step + 1, config.total_steps + 1):
-      state, metrics = train_fn(state, train_data, data_key)
+      state, metrics = train_fn(state, train_data, key_data)
       window.append(metrics)
       if step == first_step + 1:  # this step compiles; time it alone, leave it out of throughput
         jax.block_until_ready(metrics)
@@ -365,15 +386,17 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
       if line:
         writer.write(step, line)
         writer.progress(step, line, seconds_per_step)
-      if (step % config.checkpoint_every_steps == 0 or preemption.signum) and not last:
+      signum = agreed_stop_signal(
+          preemption, step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0)
+      if (step % config.checkpoint_every_steps == 0 or signum) and not last:
         save(step)
-      if preemption.signum:
+      if signum:
         ckpts.wait()
         writer.mark_preempted()
         if is_main:
-          print(f"Stopped by signal {preemption.signum} at step {step}; checkpoint saved in "
+          print(f"Stopped by signal {signum} at step {step}; checkpoint saved in "
                 f"{ckpts.directory}. Run the same command again to resume.", flush=True)
-        raise SystemExit(128 + preemption.signum)
+        raise SystemExit(128 + signum)
 
     final = {**line, "wall_time_sec": time.perf_counter() - run_start, "num_params": num_params,
              **{k: v for k, v in evaluated.items() if k.endswith("_examples")}}

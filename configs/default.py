@@ -57,9 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.wandb.group = ml_collections.config_dict.placeholder(str)  # runs grouped under this name
 
   config.distributed = ml_collections.ConfigDict()
-  config.distributed.initialize = False  # call jax.distributed.initialize() (also when $JAX_COORDINATOR_ADDRESS is set)
-  config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)  # host:port of process 0
-  config.distributed.num_processes = ml_collections.config_dict.placeholder(int)  # None: detected
-  config.distributed.process_id = ml_collections.config_dict.placeholder(int)  # None: detected
+  config.distributed.initialize = False  # join a multi-process run (also done when a coordinator address is set, or under srun/mpirun with several tasks)
+  config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)  # host:port of process 0; None: $JAX_COORDINATOR_ADDRESS, else detected
+  config.distributed.num_processes = ml_collections.config_dict.placeholder(int)  # None: $JAX_NUM_PROCESSES, else detected
+  config.distributed.process_id = ml_collections.config_dict.placeholder(int)  # None: $JAX_PROCESS_ID, else detected
+  config.distributed.initialization_timeout = 120  # seconds to wait for the coordinator and all processes
 
   return config

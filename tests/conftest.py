@@ -44,8 +44,13 @@ def mock_cifar10():
 
 
 @pytest.fixture
-def tiny_config(tmp_path):
+def tiny_config():
   """A ResNet-8 config that trains in seconds on mock data."""
+  return make_tiny_config()
+
+
+def make_tiny_config():
+  """tiny_config, for fixtures of a wider scope."""
   config = default.get_config()
   config.model.depth = 8
   config.batch_size = 16
