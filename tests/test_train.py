@@ -130,6 +130,7 @@ def test_train_py_runs_without_importing_tensorflow(tmp_path):
   script = f"""
 import sys
 import tensorflow_datasets as tfds
+from absl import flags
 import train
 train.define_flags()
 sys.argv = ["train.py", "--config=configs/resnet20.py", "--config.model.depth=8", "--config.batch_size=16",
