@@ -193,28 +193,40 @@ def _pyplot():
 PANEL_TITLES = {"plain": "plain nets", "residual": "ResNets"}
 
 
-def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
-  """Fig. 6 as a matplotlib figure: train error dashed, test error solid, one colour per net."""
+def panel_figure(runs: Sequence[RunHistory]) -> tuple[Any, list[tuple[Any, str, list[tuple[Any, str, list]]]]]:
+  """A figure of side-by-side panels sharing the y axis, one per kind of net (plain, residual, ...).
+
+  Returns the figure and, per panel, (axes, panel, [(colour, net, the net's runs), ...]).
+  """
   plt = _pyplot()
   groups = group_by_net(runs)
   panels = list(dict.fromkeys(group[0].panel for group in groups.values()))
   fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
-  colours = plt.get_cmap("tab10").colors
+  colours = plt.get_cmap("tab10").colors * 10
+  layout = []
   for ax, panel in zip(axes[0], panels):
-    nets = [net for net, group in groups.items() if group[0].panel == panel]
-    for colour, net in zip(colours * 10, nets):
-      seeds = f" ({len(groups[net])} seeds)" if len(groups[net]) > 1 else ""
-      steps, train_error = mean_curve(groups[net], "train_error")
+    nets = [(net, group) for net, group in groups.items() if group[0].panel == panel]
+    layout.append((ax, panel, [(colour, net, group) for colour, (net, group) in zip(colours, nets)]))
+  return fig, layout
+
+
+def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
+  """Fig. 6 as a matplotlib figure: train error dashed, test error solid, one colour per net."""
+  fig, layout = panel_figure(runs)
+  for ax, panel, nets in layout:
+    for colour, net, group in nets:
+      seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
+      steps, train_error = mean_curve(group, "train_error")
       ax.plot(steps, 100 * train_error, "--", color=colour, linewidth=1)
-      steps, test_error = mean_curve(groups[net], "test_error")
+      steps, test_error = mean_curve(group, "test_error")
       ax.plot(steps, 100 * test_error, "-", color=colour, linewidth=2, marker="o" if len(steps) < 20 else None,
               markersize=3, label=f"{net}{seeds}")
     ax.set_title(PANEL_TITLES.get(panel, panel))
     ax.set_xlabel("iterations")
     ax.grid(alpha=0.3)
     ax.legend(title="test solid, train dashed", fontsize=8, title_fontsize=8)
-  axes[0][0].set_ylabel("error (%)")
-  axes[0][0].set_ylim(bottom=0)
+  fig.axes[0].set_ylabel("error (%)")
+  fig.axes[0].set_ylim(bottom=0)
   fig.tight_layout()
   return fig
 
@@ -234,22 +246,17 @@ def draw_grad_norms(runs: Sequence[RunHistory]) -> Any:
   runs = [run for run in runs if run.lines and any(k.startswith("grad_norm/") for k in run.lines[0])]
   if not runs:
     return None
-  plt = _pyplot()
-  groups = group_by_net(runs)
-  panels = list(dict.fromkeys(group[0].panel for group in groups.values()))
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
-  colours = plt.get_cmap("tab10").colors
-  for ax, panel in zip(axes[0], panels):
-    nets = [net for net, group in groups.items() if group[0].panel == panel]
-    for colour, net in zip(colours * 10, nets):
-      keys = sorted((k for k in groups[net][0].lines[0] if k.startswith("grad_norm/block")), key=block_position)
-      means = [mean_curve(groups[net], k)[1].mean() for k in keys]
+  fig, layout = panel_figure(runs)
+  for ax, panel, nets in layout:
+    for colour, net, group in nets:
+      keys = sorted((k for k in group[0].lines[0] if k.startswith("grad_norm/block")), key=block_position)
+      means = [mean_curve(group, k)[1].mean() for k in keys]
       ax.semilogy([block_position(k) for k in keys], means, "-o", color=colour, markersize=3, label=net)
     ax.set_title(f"{PANEL_TITLES.get(panel, panel)}: gradient norm per block")
     ax.set_xlabel("block (1 = next to the input)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-  axes[0][0].set_ylabel("mean gradient norm over training")
+  fig.axes[0].set_ylabel("mean gradient norm over training")
   fig.tight_layout()
   return fig
 
