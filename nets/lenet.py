@@ -30,7 +30,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from nets.layers import Classifier
 
@@ -59,17 +58,10 @@ class ConvTanh(nn.Module):
   def __call__(self, x, train: bool = False):
     if self.table is None:
       return scaled_tanh(nn.Conv(self.features, (5, 5), padding="VALID", dtype=self.dtype)(x))
-    inputs = np.array([i for maps in self.table for i in maps])
-    outputs = np.array([j for j, maps in enumerate(self.table) for _ in maps])
-    weights = self.param("kernel", nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
-                         (5, 5, len(inputs)))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    # The missing connections are zeros of a dense kernel: one convolution, not sixteen.
-    kernel = jnp.zeros((5, 5, x.shape[-1], self.features)).at[:, :, inputs, outputs].set(weights)
-    y = jax.lax.conv_general_dilated(
-        jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype), (1, 1), "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return scaled_tanh(y + jnp.asarray(bias, self.dtype))
+    # One single-filter conv per C3 map, over the maps it reads: only the table's weights exist.
+    maps = [nn.Conv(1, (5, 5), padding="VALID", dtype=self.dtype, name=f"map{j}")(x[..., list(inputs)])
+            for j, inputs in enumerate(self.table)]
+    return scaled_tanh(jnp.concatenate(maps, axis=-1))
 
 
 class Subsampling(nn.Module):

@@ -7,12 +7,15 @@
 
 One row per child module of the net (a conv layer, a pooling layer, an inception
 module, a residual block, a fully connected layer: the rows of the paper's table), with
-its output shape, activations per image (count and bytes), parameters and
-multiply-adds. Shapes and parameters come from `jax.eval_shape` (nothing is
-allocated); multiply-adds are XLA's cost analysis of the lowered computation, halved
-(XLA counts a multiply-add as two flops; its count also includes the element-wise work
-of ReLU, batch norm and pooling, a few per cent at most). Everything is at evaluation,
-so GoogLeNet's auxiliary classifiers are not among the rows.
+its output shape, activations per image (count and bytes; a row's output only, not the
+values inside a block), parameters and multiply-adds. Shapes and parameters come from
+`jax.eval_shape` (nothing is allocated). Multiply-adds are the papers' measure: one per
+kernel entry per output value of every nn.Conv and nn.Dense, zero padding included;
+pooling, batch norm and ReLU are not counted. The totals add XLA's cost analysis of the
+whole forward pass as a check: it counts a multiply-add as two flops, adds the
+element-wise work, and leaves out multiplications by padding (so it runs a few per cent
+under twice the multiply-adds where feature maps are small). Everything is at
+evaluation, so GoogLeNet's auxiliary classifiers are not among the rows.
 
 nn.tabulate gives shapes, parameters and flops per module too, but no activation memory,
 so this walks the same calls with nn.intercept_methods.
@@ -20,6 +23,7 @@ so this walks the same calls with nn.intercept_methods.
 
 import argparse
 import ast
+import collections
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -47,7 +51,7 @@ class Row:
   output_shape: tuple[int, ...]
   bytes_per_activation: int
   params: int
-  multiply_adds: float
+  multiply_adds: int
 
   @property
   def activations(self) -> int:
@@ -58,54 +62,51 @@ class Row:
     return self.activations * self.bytes_per_activation
 
 
-def _abstract(tree: Any) -> Any:
-  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-
-
-def _multiply_adds(fn, *abstract_args) -> float:
-  """XLA's flop count of `fn` at these shapes, halved: multiply-adds."""
-  return jax.jit(fn).lower(*abstract_args).cost_analysis().get("flops", 0.0) / 2
-
-
 def abstract_variables(model: nn.Module, input_shape: Sequence[int]) -> Any:
   """The shapes of the model's variables for one image of `input_shape` (nothing allocated)."""
   return jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
 
 
-def multiply_adds(model: nn.Module, input_shape: Sequence[int]) -> float:
-  """Multiply-adds of one forward pass at evaluation for one image of `input_shape`."""
-  image = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  return _multiply_adds(lambda v, x: model.apply(v, x, train=False),
-                        abstract_variables(model, input_shape), image)
-
-
 def layer_table(model: nn.Module, input_shape: Sequence[int]) -> list[Row]:
   """The input and one row per child module called at evaluation, in call order."""
-  calls = []  # (name, output, unbound child, its variables, its arguments, keyword arguments)
+  rows = [Row("input", tuple(input_shape), 4, 0, 0)]
+  macs = collections.Counter()  # multiply-adds of the convs and dense layers in each row
 
   def record(call, args, kwargs, context):
     out = call(*args, **kwargs)
     module = context.module
-    if context.method_name == "__call__" and len(module.path) == 1:  # a child of the net
-      unbound, variables = module.unbind()
-      calls.append((module.path[0], _abstract(out), unbound, _abstract(variables), args, kwargs))
+    if context.method_name != "__call__" or not module.path:
+      return out
+    if isinstance(module, (nn.Conv, nn.Dense)):
+      # Each output value takes one multiply-add per kernel entry feeding it.
+      kernel = module.variables["params"]["kernel"].shape
+      macs[module.path[0]] += math.prod(out.shape[1:]) * math.prod(kernel[:-1])
+    if len(module.path) == 1:  # a child of the net: a row (called after its own children)
+      rows.append(Row(module.path[0], tuple(out.shape[1:]), out.dtype.itemsize,
+                      nets.count_params(module.variables.get("params", {})), macs[module.path[0]]))
     return out
 
-  variables = abstract_variables(model, input_shape)
   image = jnp.zeros((1, *input_shape))
+  variables = abstract_variables(model, input_shape)
   with nn.intercept_methods(record):
     jax.eval_shape(lambda v: model.apply(v, image, train=False), variables)
-
-  rows = [Row("input", tuple(input_shape), 4, 0, 0.0)]
-  for name, out, unbound, variables, args, kwargs in calls:
-    # The child alone, lowered at its input's shape; its other arguments (train) are static.
-    apply = lambda v, x, unbound=unbound, args=args, kwargs=kwargs: unbound.apply(
-        v, x, *args[1:], **kwargs)
-    rows.append(Row(name, tuple(out.shape[1:]), out.dtype.itemsize,
-                    nets.count_params(variables.get("params", {})),
-                    _multiply_adds(apply, variables, _abstract(args[0]))))
   return rows
+
+
+def multiply_adds(model: nn.Module, input_shape: Sequence[int]) -> int:
+  """Multiply-adds of the convolutions and dense layers for one image at evaluation, as the
+  papers count them (every kernel entry at every output position, padding included)."""
+  return sum(row.multiply_adds for row in layer_table(model, input_shape))
+
+
+def xla_flops(model: nn.Module, input_shape: Sequence[int]) -> float:
+  """XLA's cost analysis of one image's forward pass at evaluation: every operation, a
+  multiply-add as two flops, and multiplications by a conv's zero padding left out."""
+  image = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+      abstract_variables(model, input_shape), image)
+  return lowered.cost_analysis()["flops"]
 
 
 def _si(value: float) -> str:
@@ -123,6 +124,7 @@ def format_table(model: nn.Module, input_shape: Sequence[int]) -> str:
   """The table, with totals: activations (forward only), parameters, multiply-adds."""
   rows = layer_table(model, input_shape)
   params = nets.count_params(abstract_variables(model, input_shape)["params"])
+  macs = sum(row.multiply_adds for row in rows)
   header = f"{'layer':<20} {'output':>16} {'activations':>12} {'bytes':>10} {'params':>13} {'mult-adds':>10}"
   lines = [header, "-" * len(header)]
   for row in rows:
@@ -133,10 +135,12 @@ def format_table(model: nn.Module, input_shape: Sequence[int]) -> str:
   activation_bytes = sum(row.activation_bytes for row in rows)
   lines += ["-" * len(header),
             f"{'total':<20} {'':>16} {activations:>12,} {_megabytes(activation_bytes):>10} {params:>13,} "
-            f"{_si(multiply_adds(model, input_shape)):>10}",
+            f"{_si(macs):>10}",
             f"Activations: {activations:,} per image, {activation_bytes / 1e6:.1f} MB "
             f"({activation_bytes / 2**20:.1f} MiB) forward only (about twice that with the backward pass).",
-            f"Parameters: {params:,} ({params * 4 / 1e6:.1f} MB in float32)."]
+            f"Parameters: {params:,} ({params * 4 / 1e6:.1f} MB in float32).",
+            f"Multiply-adds: {macs:,} in convolutions and dense layers; XLA's cost analysis: "
+            f"{xla_flops(model, input_shape) / 1e9:.3g} GFLOPs (everything, padding left out)."]
   in_rows = sum(row.params for row in rows)
   if in_rows != params:
     lines.append(f"  of which {params - in_rows:,} in layers used only in training (not in the rows).")

@@ -187,7 +187,7 @@ def test_lenet_sparse_c3_reads_only_the_papers_table():
   """C3 map 0 reads S2 maps 0, 1, 2 (Table I): changing S2 map 3 leaves it alone, map 2 does not."""
   c3 = lenet.ConvTanh(16, lenet.C3_TABLE)
   s2 = jax.random.normal(jax.random.key(0), (1, 14, 14, 6))
-  variables = c3.init(jax.random.key(1), s2)
+  variables = jax.jit(c3.init)(jax.random.key(1), s2)
   map0 = jax.jit(lambda s2: c3.apply(variables, s2)[..., 0])
   assert jnp.allclose(map0(s2.at[..., 3].add(1.0)), map0(s2))
   assert not jnp.allclose(map0(s2.at[..., 2].add(1.0)), map0(s2))
