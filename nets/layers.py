@@ -56,7 +56,7 @@ class Pool(nn.Module):
   padding: str = "VALID"  # "SAME": ceil(size / strides) outputs, as Caffe's pooling gives
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x):
     pool = nn.max_pool if self.kind == "max" else nn.avg_pool
     return pool(x, (self.window, self.window), (self.strides, self.strides), self.padding)
 
@@ -105,6 +105,6 @@ class Classifier(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x):
     x = nn.Dense(self.num_classes, dtype=self.dtype)(x.reshape(x.shape[0], -1))
     return jnp.asarray(x, jnp.float32)

@@ -55,7 +55,7 @@ class ConvTanh(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x):
     if self.table is None:
       return scaled_tanh(nn.Conv(self.features, (5, 5), padding="VALID", dtype=self.dtype)(x))
     # One single-filter conv per C3 map, over the maps it reads: only the table's weights exist.
@@ -70,7 +70,7 @@ class Subsampling(nn.Module):
   trainable: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x):
     x = nn.avg_pool(x, (2, 2), (2, 2))
     if not self.trainable:
       return x
@@ -85,7 +85,7 @@ class DenseTanh(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x):
     return scaled_tanh(nn.Dense(self.features, dtype=self.dtype)(x.reshape(x.shape[0], -1)))
 
 
@@ -95,7 +95,7 @@ class RBFOutput(nn.Module):
   num_classes: int
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x):
     centres = self.param(
         "centres", lambda key, shape: jax.random.rademacher(key, shape, jnp.float32),
         (self.num_classes, x.shape[-1]))
