@@ -66,7 +66,7 @@ def net_name(config: ml_collections.ConfigDict) -> str:
   """What the run trains, seed aside: resnet56, plain20, resnet32-B, vgg16, ..."""
   model = config.model
   if model.name != "cifar_resnet":
-    return model.name
+    return model.name + (str(model.depth) if "depth" in model else "")  # preact_resnet164
   name = f"{'resnet' if model.residual else 'plain'}{model.depth}"
   return name + (f"-{model.shortcut}" if model.residual and model.shortcut != "A" else "")
 
@@ -112,7 +112,8 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, key:
   def init(key):
     variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables["batch_stats"], tx=create_optimizer(config))
+                             batch_stats=variables.get("batch_stats", {}),  # none without batch norm
+                             tx=create_optimizer(config))
   return init(key)
 
 
@@ -133,16 +134,23 @@ def block_grad_norms(grads: Any) -> dict[str, jax.Array]:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               log_grad_norms: bool = False) -> tuple[TrainState, dict]:
-  """One SGD step on this device's part of the global batch; gradients averaged over devices."""
+               aux_loss_weight: float = 0.0, log_grad_norms: bool = False) -> tuple[TrainState, dict]:
+  """One SGD step on this device's part of the global batch; gradients averaged over devices.
+
+  A net with auxiliary classifiers returns `(logits, aux_logits)` in training (see nets/):
+  their losses join the objective with `aux_loss_weight`; the metrics are the main classifier's.
+  """
   def loss_fn(params):
-    logits, updates = state.apply_fn(
+    outputs, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
         mutable=["batch_stats"], rngs={"dropout": rng})
+    logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, ())
     loss, error = loss_and_error(logits, batch["label"])
-    return loss.mean(), (error.mean(), updates["batch_stats"])
+    objective = loss.mean() + sum(
+        aux_loss_weight * loss_and_error(aux, batch["label"])[0].mean() for aux in aux_logits)
+    return objective, (loss.mean(), error.mean(), updates.get("batch_stats", {}))
 
-  (loss, (error, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (loss, error, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, AXIS)
   # Batch norm normalises with this device's statistics (or the global batch's with
   # cross_replica_bn); the running averages are kept equal on all devices.
@@ -175,7 +183,8 @@ def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key_data
   images = input_pipeline.pad_crop_flip(images, mine(offsets), mine(flips), config.dataset.crop_padding)
   batch = {"image": images, "label": data["label"][local]}
   rng = jax.random.fold_in(jax.random.fold_in(dropout_key, step), jax.lax.axis_index(AXIS))
-  return train_step(state, batch, rng, log_grad_norms=config.log_grad_norms)
+  return train_step(state, batch, rng, aux_loss_weight=config.aux_loss_weight,
+                    log_grad_norms=config.log_grad_norms)
 
 
 def eval_on_device(state: TrainState, split: dict[str, jax.Array], mean: jax.Array) -> dict[str, jax.Array]:

@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.warmup_learning_rate = 0.01  # the rate during warm-up
   config.momentum = 0.9  # SGD momentum
   config.weight_decay = 1e-4  # L2 penalty on every parameter, added to the gradient
+  config.aux_loss_weight = 0.3  # weight of each auxiliary classifier's loss (GoogLeNet's two heads; the paper's 0.3)
 
   config.dtype = "float32"  # compute dtype of the network; params and BN statistics stay float32
   config.parallelism = "pmap"  # "pmap" or "shard_map" (jax.jit over a device mesh)

@@ -1,15 +1,29 @@
-"""The model registry: `create(name, **kwargs)` builds any network by its config name."""
+"""The model registry: `create(name, **kwargs)` builds any network by its config name.
 
+Every net takes `num_classes`, `dtype` and a batch-norm `axis_name` (train.py passes all
+three) and is called as `model.apply(variables, images, train=...)`. It returns logits,
+except a net with auxiliary classifiers in training (GoogLeNet), which returns
+`(logits, (aux_logits, ...))`; train.py adds the auxiliary losses with
+config.aux_loss_weight.
+"""
+
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from nets import cifar_resnet
+from nets import alexnet, cifar_resnet, googlenet, lenet, preact_resnet, resnet, vgg
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "cifar_resnet": cifar_resnet.CifarResNet,
+    "preact_resnet": preact_resnet.PreActResNet,
+    "lenet5": lenet.LeNet5,
+    "alexnet": alexnet.AlexNet,
+    "googlenet": googlenet.GoogLeNet,
+    **{f"vgg{depth}": functools.partial(vgg.VGG, depth=depth) for depth in vgg.STAGES},
+    **{f"resnet{depth}": functools.partial(resnet.ResNet, depth=depth) for depth in resnet.STAGES},
 }
 
 

@@ -19,8 +19,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-# He et al. 2015 ("Delving deep into rectifiers"): zero-mean normal, std sqrt(2 / fan_in).
-he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+from nets.layers import conv_factory, norm_factory
 
 STAGE_WIDTHS = (16, 32, 64)
 SHORTCUTS = ("A", "B")
@@ -90,14 +89,8 @@ class CifarResNet(nn.Module):
     n = blocks_per_stage(self.depth)
     if self.shortcut not in SHORTCUTS:
       raise ValueError(f"model.shortcut must be one of {SHORTCUTS}; got {self.shortcut!r}.")
-    # Symmetric padding of k//2, as in the paper (Caffe): XLA's "SAME" would pad a
-    # stride-2 3x3 conv on the bottom/right only and shift the sampling grid.
-    conv = lambda features, kernel, strides=1, **kw: nn.Conv(
-        features, kernel, strides, padding=[(k // 2, k // 2) for k in kernel],
-        use_bias=False, kernel_init=he_normal, dtype=self.dtype, **kw)
-    norm = lambda **kw: nn.BatchNorm(
-        use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-        dtype=self.dtype, axis_name=self.axis_name if train else None, **kw)
+    conv = conv_factory(self.dtype)
+    norm = norm_factory(train, self.dtype, self.axis_name, self.bn_momentum, self.bn_epsilon)
 
     # Named stem_*, block1 ... block3n, classifier: per-block metrics read input to output.
     x = jnp.asarray(x, self.dtype)
