@@ -1,20 +1,23 @@
 """Times the real train step of any config, and a PyTorch twin of it if asked.
 
     python bench.py --config=configs/resnet56.py
-    python bench.py --config=configs/resnet20.py --config.dtype=bfloat16 --steps_per_dispatch=10
+    python bench.py --config=configs/resnet20.py --config.dtype=bfloat16 --config.steps_per_dispatch=10
+    python bench.py --config=configs/resnet20.py --config.num_seeds=4
     python bench.py --config=configs/resnet20.py --torch=all --out=bench.json
 
-What is timed is train.py's own step: `train.train_step_on_device` (the on-device batch
-gathering, crop, flip and normalisation included) run on the devices by
-`parallel.Replicas.parallelize`, as `train.train_from` runs it, on a random uint8 training
+What is timed is train.py's own dispatch: `train.steps_on_device` (the on-device batch
+gathering, crop, flip and normalisation included; config.steps_per_dispatch steps of
+config.num_seeds seeds) run on the devices by `parallel.Replicas.parallelize`, as
+`train.train_from` runs it, on a random uint8 training
 set of CIFAR-10's shape (`--real_data`: the real one). After the first dispatch (which
 compiles) and one untimed dispatch more, `--windows` windows of `--steps_per_window` steps
 are timed and the medians reported. With `--torch`, each of our windows is followed by one
 window of each PyTorch variant (benchmarks/torch_resnet.py), so that a drift in the
 machine's speed reaches both sides alike, and the ratio ours / PyTorch is taken per window.
 
-Batch, dtype and devices are config fields: --config.batch_size, --config.dtype,
---config.num_devices, --config.parallelism. Results are printed as a table and written as
+Batch, dtype, steps per dispatch, seeds and devices are config fields: --config.batch_size,
+--config.dtype, --config.steps_per_dispatch, --config.num_seeds, --config.num_devices,
+--config.parallelism. Images/s count every seed's images. Results are printed as a table and written as
 JSON with --out.
 """
 
@@ -23,7 +26,6 @@ import time
 IMPORT_START = time.perf_counter()  # set before JAX and the repo load: importing them is start-up too
 
 import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
-import functools
 import importlib.util
 import json
 import os
@@ -31,7 +33,7 @@ import platform
 import resource
 import statistics
 import sys
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import flax
 import jax
@@ -62,25 +64,16 @@ class Options:
   """How to time: everything that is not a config field."""
   windows: int = 5
   steps_per_window: int = 20
-  steps_per_dispatch: int = 1
   torch_variants: tuple[str, ...] = ()  # names in TORCH_VARIANTS
   real_data: bool = False
   num_examples: int = CIFAR_TRAIN_EXAMPLES  # of the random training set
 
   def __post_init__(self):
-    if self.windows < 1 or self.steps_per_window < 1 or self.steps_per_dispatch < 1:
-      raise ValueError("--windows, --steps_per_window and --steps_per_dispatch must be at least 1.")
-    if self.steps_per_window % self.steps_per_dispatch:
-      raise ValueError(
-          f"--steps_per_window={self.steps_per_window} is not a multiple of "
-          f"--steps_per_dispatch={self.steps_per_dispatch}; a window is a whole number of dispatches.")
+    if self.windows < 1 or self.steps_per_window < 1:
+      raise ValueError("--windows and --steps_per_window must be at least 1.")
     unknown = [v for v in self.torch_variants if v not in TORCH_VARIANTS]
     if unknown:
       raise ValueError(f"Unknown --torch variant(s) {unknown}; use some of {list(TORCH_VARIANTS)}, all or none.")
-
-  @property
-  def dispatches_per_window(self) -> int:
-    return self.steps_per_window // self.steps_per_dispatch
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None = None) -> None:
@@ -90,9 +83,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None =
   flags.DEFINE_integer("windows", Options.windows, "Timed windows; figures are their medians.",
                        flag_values=flag_values)
   flags.DEFINE_integer("steps_per_window", Options.steps_per_window, "Train steps in each timed window.",
-                       flag_values=flag_values)
-  flags.DEFINE_integer("steps_per_dispatch", Options.steps_per_dispatch,
-                       "Train steps per call of the jitted function (a lax.scan over the step).",
                        flag_values=flag_values)
   flags.DEFINE_list("torch", [], "PyTorch variants timed alternately with ours: fp32, bf16 (autocast), "
                     f"channels_last, all, or none. Needs PyTorch: {TORCH_INSTALL_HINT}.",
@@ -107,7 +97,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None =
 
 def options_from_flags(values: flags.FlagValues) -> Options:
   variants = tuple(TORCH_VARIANTS) if "all" in values.torch else tuple(v for v in values.torch if v != "none")
-  return Options(values.windows, values.steps_per_window, values.steps_per_dispatch, variants,
+  return Options(values.windows, values.steps_per_window, variants,
                  values.real_data, values.num_examples)
 
 
@@ -120,21 +110,6 @@ def parse_command_line(args: list[str]) -> tuple[ml_collections.ConfigDict, Opti
 
 
 # ------------------------------------------------------------------------------- our step
-
-
-def repeat_step(step_fn: Callable[..., tuple[Any, dict]], n: int) -> Callable[..., tuple[Any, dict]]:
-  """`n` calls of a per-device step (state, *args) -> (state, metrics) as one, by lax.scan.
-
-  The step reads its batch from `state.step`, so each of the n steps trains on the next
-  batch, exactly as n dispatches would. Metrics are the means over the n steps.
-  """
-  if n == 1:
-    return step_fn
-
-  def steps(state, *args):
-    state, metrics = jax.lax.scan(lambda s, _: step_fn(s, *args), state, length=n)
-    return state, jax.tree_util.tree_map(lambda m: m.mean(axis=0), metrics)
-  return steps
 
 
 def random_dataset(num_examples: int, seed: int, num_classes: int = 10) -> input_pipeline.Dataset:
@@ -164,17 +139,20 @@ class OurStep:
     start = time.perf_counter()
     self.replicas = parallel.Replicas(config.parallelism, config.num_devices)
     train.check_batch_size(config, self.replicas.count)
+    self.steps_per_dispatch = config.steps_per_dispatch
+    if options.steps_per_window % self.steps_per_dispatch:
+      raise ValueError(
+          f"--steps_per_window={options.steps_per_window} is not a multiple of --config.steps_per_dispatch="
+          f"{self.steps_per_dispatch}; a window is a whole number of dispatches.")
     dataset = (input_pipeline.load_dataset(config.dataset) if options.real_data
                else random_dataset(options.num_examples, config.seed))
     self.num_classes = dataset.num_classes
     model = train.create_model(config, dataset.num_classes)
-    init_key, data_key = jax.random.split(jax.random.key(config.seed))
+    init_key, data_key = train.run_keys(config)
     state = train.create_train_state(config, model, init_key, dataset.train.images.shape[1:])
-    self.num_params = nets.count_params(state.params)
-    step = functools.partial(train.train_step_on_device, config=config, num_devices=self.replicas.count)
-    self.steps_per_dispatch = options.steps_per_dispatch
-    self.train_fn = self.replicas.parallelize(repeat_step(step, self.steps_per_dispatch),
-                                              donate_argnums=(0,))
+    self.num_params = nets.count_params(state.params) // config.num_seeds
+    self.train_fn = self.replicas.parallelize(
+        train.steps_on_device(config, self.replicas.count, self.steps_per_dispatch), donate_argnums=(0,))
     self.state = self.replicas.replicate(state)
     self.data = self.replicas.replicate({
         "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
@@ -191,7 +169,8 @@ class OurStep:
     return time.perf_counter() - start
 
   def last_metrics(self) -> dict[str, float]:
-    return {k: float(v) for k, v in self.replicas.to_host(self.metrics).items()}
+    """Means over the last dispatch's steps and seeds."""
+    return {k: float(np.mean(v)) for k, v in self.replicas.to_host(self.metrics).items()}
 
   def peak_device_bytes(self) -> int | None:
     """The largest peak allocation of our devices, where the backend reports it (GPU, TPU)."""
@@ -289,7 +268,7 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
   if options.torch_variants:
     check_torch_installed()  # now, not after compiling ours
   ours = OurStep(config, options)
-  first_dispatch = warm_up(ours, options.steps_per_dispatch)
+  first_dispatch = warm_up(ours, config.steps_per_dispatch)
   ours_peak_host = peak_host_bytes()  # before PyTorch is imported: ours alone
   baselines = {v: TorchStep(v, config, ours.num_classes) for v in options.torch_variants}
   first_steps = {v: warm_up(b, 1) for v, b in baselines.items()}
@@ -300,15 +279,16 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
     for variant, baseline in baselines.items():
       seconds[variant].append(baseline.run(options.steps_per_window))
 
-  measured = throughput(seconds[OURS], options.steps_per_window, config.batch_size)
-  seconds_per_dispatch = measured["ms_per_step"] * options.steps_per_dispatch / 1000
+  measured = throughput(seconds[OURS], options.steps_per_window, config.batch_size * config.num_seeds)
+  seconds_per_dispatch = measured["ms_per_step"] * config.steps_per_dispatch / 1000
   result = {
       "net": train.net_name(config),
       "num_params": ours.num_params,
       "batch_size": config.batch_size,
       "dtype": config.dtype,
       "parallelism": config.parallelism,
-      "steps_per_dispatch": options.steps_per_dispatch,
+      "steps_per_dispatch": config.steps_per_dispatch,
+      "num_seeds": config.num_seeds,
       "windows": options.windows,
       "steps_per_window": options.steps_per_window,
       "data": config.dataset.name if options.real_data else "random",
@@ -357,7 +337,7 @@ def format_table(result: dict[str, Any]) -> str:
   lines = [
       f"{result['net']} ({result['num_params']:,} params) | batch {result['batch_size']} | "
       f"{result['dtype']} | {result['parallelism']} on {device['count']} x {device['kind']} | "
-      f"{result['steps_per_dispatch']} step(s)/dispatch | {result['windows']} windows x "
+      f"{result['steps_per_dispatch']} step(s)/dispatch | {result['num_seeds']} seed(s) | {result['windows']} windows x "
       f"{result['steps_per_window']} steps | {result['data']} data"]
   rows = [(f"{OURS} images/s", ours)] + [(f"torch {v} images/s", t) for v, t in result["torch"].items()]
   ratio_rows = [(f"  ours / torch {v}", t["ours_over_torch"], t["ours_over_torch_median"])

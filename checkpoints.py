@@ -21,7 +21,7 @@ import writers
 
 # The fields a run cannot change when it resumes: they change the model or the data.
 MUST_MATCH = ("model.", "dataset.name", "dataset.validation_size", "dataset.crop_padding",
-              "dataset.random_flip", "batch_size", "seed", "dtype")
+              "dataset.random_flip", "batch_size", "seed", "num_seeds", "dtype")
 
 
 class ConfigMismatchError(ValueError):

@@ -73,6 +73,8 @@ def net_name(config: ml_collections.ConfigDict) -> str:
 
 def run_name(config: ml_collections.ConfigDict) -> str:
   """A short name that says what the run trains: resnet56, plain20, resnet32-B-seed3, ..."""
+  if config.num_seeds > 1:
+    return net_name(config) + f"-seeds{config.seed}-{config.seed + config.num_seeds - 1}"
   return net_name(config) + (f"-seed{config.seed}" if config.seed else "")
 
 
@@ -105,16 +107,38 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
           k: v for k, v in config.model.items() if k != "name"})
 
 
+def seeds(config: ml_collections.ConfigDict) -> list[int]:
+  """The seeds a run trains: config.seed, and the next ones when config.num_seeds > 1."""
+  if config.num_seeds < 1:
+    raise ValueError(f"num_seeds must be at least 1; got {config.num_seeds}.")
+  return list(range(config.seed, config.seed + config.num_seeds))
+
+
+def run_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+  """The keys of initialisation and of data order, augmentation and dropout.
+
+  With num_seeds = K, both have a leading axis of K, and seed s gets the keys of a
+  one-seed run with --config.seed=s: a K-seed run trains the same nets as K runs.
+  """
+  keys = [jax.random.split(jax.random.key(seed)) for seed in seeds(config)]
+  if config.num_seeds == 1:
+    return keys[0][0], keys[0][1]
+  return jnp.stack([k[0] for k in keys]), jnp.stack([k[1] for k in keys])
+
+
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array,
                        image_shape: tuple[int, ...]) -> TrainState:
-  """Initialises parameters, batch statistics and the optimizer state (under jit: fast start-up)."""
-  @jax.jit
+  """Initialises parameters, batch statistics and the optimizer state (under jit: fast start-up).
+
+  With config.num_seeds > 1, `key` holds one key per seed and every leaf of the state
+  gets a leading seed axis.
+  """
   def init(key):
     variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
                              batch_stats=variables.get("batch_stats", {}),  # none without batch norm
                              tx=create_optimizer(config))
-  return init(key)
+  return jax.jit(init if config.num_seeds == 1 else jax.vmap(init))(key)
 
 
 def loss_and_error(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -187,6 +211,63 @@ def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key_data
                     log_grad_norms=config.log_grad_norms)
 
 
+def steps_on_device(config: ml_collections.ConfigDict, num_devices: int,
+                    steps: int) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict]]:
+  """The per-device function one dispatch runs: `steps` train steps of every seed.
+
+  This is where the loop's speed tricks live, both plain JAX transformations of
+  `train_step_on_device`:
+  - several seeds (config.num_seeds) train as one vmapped step: one small net leaves an
+    accelerator idle, K of them side by side fill it. State, keys and metrics get a
+    leading seed axis; the data is shared, each seed draws its own batches from it.
+  - several steps per dispatch (config.steps_per_dispatch) run as a lax.scan, so the
+    host dispatches once per `steps` steps. Each step reads its batch from state.step,
+    so the scan trains exactly as `steps` dispatches would.
+  Metrics come back per step: [steps] or [steps, seeds].
+  """
+  step = functools.partial(train_step_on_device, config=config, num_devices=num_devices)
+  if config.num_seeds > 1:
+    step = jax.vmap(step, in_axes=(0, None, 0))
+
+  def run(state, data, key_data):
+    return jax.lax.scan(lambda s, _: step(s, data, key_data), state, length=steps)
+  return run
+
+
+def step_of(state: TrainState) -> int:
+  """The state's step count (one for all seeds: they step together)."""
+  return int(np.ravel(jax.device_get(state.step))[0])
+
+
+def dispatch_size(step: int, config: ml_collections.ConfigDict) -> int:
+  """How many steps the dispatch after `step` runs: config.steps_per_dispatch, or 1 where
+  a log, evaluation or checkpoint step (or the end) falls inside those steps."""
+  n = config.steps_per_dispatch
+  if n < 1:
+    raise ValueError(f"steps_per_dispatch must be at least 1; got {n}.")
+  if n == 1 or step + n > config.total_steps:
+    return 1
+  for every in (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps):
+    if (step // every + 1) * every < step + n:
+      return 1
+  return n
+
+
+def per_seed_metrics(values: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Metrics of one value per seed as floats: alone for one seed; for several, their mean,
+  their sample std (`<key>_std`) and each seed's own (`seed<s>/<key>`)."""
+  if config.num_seeds == 1:
+    return {k: float(v) for k, v in values.items()}
+  metrics = {}
+  for key, per_seed in values.items():
+    per_seed = np.asarray(per_seed, np.float64)
+    if "/" not in key:  # per-block metrics: per seed only
+      metrics[key] = float(per_seed.mean())
+      metrics[f"{key}_std"] = float(per_seed.std(ddof=1))
+    metrics.update({f"seed{s}/{key}": float(v) for s, v in zip(seeds(config), per_seed)})
+  return metrics
+
+
 def eval_on_device(state: TrainState, split: dict[str, jax.Array], mean: jax.Array) -> dict[str, jax.Array]:
   """Summed loss, errors and count over this device's share of a split, summed over devices.
 
@@ -228,13 +309,15 @@ def check_batch_size(config: ml_collections.ConfigDict, num_devices: int, num_pr
 
 
 def make_evaluator(replicas: parallel.Replicas, splits: dict[str, input_pipeline.Split],
-                   mean_image: np.ndarray, batch_size: int) -> Callable[[TrainState], dict[str, float]]:
-  """A function state -> {"<split>_loss", "<split>_error", "<split>_examples"} over whole splits.
+                   mean_image: np.ndarray, config: ml_collections.ConfigDict) -> Callable[[TrainState], dict[str, float]]:
+  """A function state -> {"<split>_loss", "<split>_error", "<split>_examples"} over whole splits
+  (with several seeds, also per seed and the std: see per_seed_metrics).
 
   The splits go to the devices once, each device holding its share.
   """
-  eval_fn = replicas.parallelize(eval_on_device, sharded_argnums=(1,))
-  data = {name: replicas.shard(shard_for_eval(split, replicas.count, batch_size))
+  on_device = eval_on_device if config.num_seeds == 1 else jax.vmap(eval_on_device, in_axes=(0, None, None))
+  eval_fn = replicas.parallelize(on_device, sharded_argnums=(1,))
+  data = {name: replicas.shard(shard_for_eval(split, replicas.count, config.eval_batch_size))
           for name, split in splits.items()}
   mean = replicas.replicate(mean_image)
 
@@ -242,21 +325,24 @@ def make_evaluator(replicas: parallel.Replicas, splits: dict[str, input_pipeline
     results = {}
     for name, split in data.items():
       sums = replicas.to_host(eval_fn(state, split, mean))
-      results[f"{name}_loss"] = float(sums["loss"] / sums["count"])
-      results[f"{name}_error"] = float(sums["errors"] / sums["count"])
-      results[f"{name}_examples"] = int(sums["count"])
+      results.update(per_seed_metrics({f"{name}_loss": sums["loss"] / sums["count"],
+                                       f"{name}_error": sums["errors"] / sums["count"]}, config))
+      results[f"{name}_examples"] = int(np.ravel(sums["count"])[0])
     return results
   return evaluate
 
 
-def summarize(window: list[dict[str, jax.Array]], replicas: parallel.Replicas, step: int) -> dict[str, float]:
-  """Means of the metrics of the steps since the last line; a non-finite one stops the run."""
-  values = [replicas.to_host(metrics) for metrics in window]
-  means = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+def summarize(window: list[dict[str, jax.Array]], replicas: parallel.Replicas, step: int,
+              config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Means of the metrics of the steps since the last line (per seed: see per_seed_metrics);
+  a non-finite one stops the run."""
+  values = [replicas.to_host(metrics) for metrics in window]  # each [steps] or [steps, seeds]
+  means = per_seed_metrics({k: np.concatenate([v[k] for v in values]).mean(axis=0) for k in values[0]}, config)
   if not all(math.isfinite(v) for v in means.values()):
+    bad = sorted({k.split("/")[0] for k, v in means.items() if not math.isfinite(v) and k.startswith("seed")})
     raise FloatingPointError(
-        f"Training diverged: non-finite loss by step {step} ({means}). The last checkpoint "
-        f"before it is kept. Lower --config.learning_rate or check the data.")
+        f"Training diverged: non-finite loss by step {step}{' in ' + ', '.join(bad) if bad else ''} "
+        f"({means}). The last checkpoint before it is kept. Lower --config.learning_rate or check the data.")
   return means
 
 
@@ -313,12 +399,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   dataset = input_pipeline.load_dataset(config.dataset)
   model = create_model(config, dataset.num_classes)
-  init_key, data_key = jax.random.split(jax.random.key(config.seed))
+  init_key, data_key = run_keys(config)
   ckpts = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
   try:
     state, record = restore_or_start(
         config, ckpts, create_train_state(config, model, init_key, dataset.train.images.shape[1:]))
-    first_step = int(state.step)
+    first_step = step_of(state)
     if first_step >= config.total_steps:
       if "final" not in record:
         raise ValueError(f"{workdir} has a checkpoint at step {first_step}, beyond total_steps "
@@ -339,14 +425,13 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
                ckpts: checkpoints.Checkpoints, run_start: float) -> dict[str, float]:
   """The training loop, from state.step to config.total_steps."""
   is_main = jax.process_index() == 0
-  first_step = int(state.step)
-  num_params = nets.count_params(state.params)
+  first_step = step_of(state)
+  num_params = nets.count_params(state.params) // config.num_seeds  # of one net
   writer = writers.MetricWriter(workdir, config, run_name(config), num_params, first_step, active=is_main)
   schedule = learning_rate_schedule(config)
-  train_fn = replicas.parallelize(
-      functools.partial(train_step_on_device, config=config, num_devices=replicas.count),
-      donate_argnums=(0,))
-  evaluate = make_evaluator(replicas, dataset.eval_splits, dataset.mean_image, config.eval_batch_size)
+  dispatch = {n: replicas.parallelize(steps_on_device(config, replicas.count, n), donate_argnums=(0,))
+              for n in {1, config.steps_per_dispatch}}  # jax compiles each on its first call
+  evaluate = make_evaluator(replicas, dataset.eval_splits, dataset.mean_image, config)
   state = replicas.replicate(state)
   train_data = replicas.replicate({
       "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
@@ -365,26 +450,28 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
 
   save_seconds = []  # how long each save held up training (the writing goes on behind it)
   window = []  # the metrics of the steps since the last line, still on the devices
-  window_start, window_first_step, seconds_per_step = 0.0, first_step + 2, 0.0
+  window_start, window_first_step, seconds_per_step = 0.0, None, 0.0
   loop_start, line, step, evaluated = time.perf_counter(), {}, first_step, {}
   with checkpoints.PreemptionSignal() as preemption, writer:
-    for step in range(first_step + 1, config.total_steps + 1):
-      state, metrics = train_fn(state, train_data, key_data)
+    while step < config.total_steps:
+      steps = dispatch_size(step, config)
+      state, metrics = dispatch[steps](state, train_data, key_data)
+      step += steps
       window.append(metrics)
-      if step == first_step + 1:  # this step compiles; time it alone, leave it out of throughput
+      if window_first_step is None:  # this dispatch compiles; time it alone, leave it out of throughput
         jax.block_until_ready(metrics)
-        window_start = time.perf_counter()
+        window_start, window_first_step = time.perf_counter(), step + 1
         if is_main:
           print(f"Step {step} done {window_start - run_start:.1f}s after start; it took "
                 f"{window_start - loop_start:.1f}s, compilation included.", flush=True)
       last = step == config.total_steps
       line = {}
       if step % config.log_every_steps == 0 or last:
-        line = summarize(window, replicas, step)
+        line = summarize(window, replicas, step, config)
         now = time.perf_counter()
         if step >= window_first_step:
           seconds_per_step = (now - window_start) / (step - window_first_step + 1)
-          line["images_per_sec"] = config.batch_size / seconds_per_step
+          line["images_per_sec"] = config.batch_size * config.num_seeds / seconds_per_step
         line["lr"] = float(schedule(step - 1))
         window, window_start, window_first_step = [], now, step + 1
       if step % config.eval_every_steps == 0 or last:

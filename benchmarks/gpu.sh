@@ -58,7 +58,7 @@ for dispatch in ${DISPATCH:-1 10}; do
       if [ "$dispatch" = 1 ] && [ "$dtype" = float32 ] && [ "$torch_available" = 1 ]; then torch=all; fi
       echo "== $name (torch: $torch) at $((SECONDS - start))s" | tee -a "$log"
       timeout "$left" "$py" bench.py --config="configs/resnet${depth}.py" \
-        --config.batch_size=128 --config.dtype="$dtype" --steps_per_dispatch="$dispatch" \
+        --config.batch_size=128 --config.dtype="$dtype" --config.steps_per_dispatch="$dispatch" \
         --windows="${WINDOWS:-3}" --steps_per_window="${STEPS:-30}" --torch="$torch" \
         --out="$runs/$name.json" 2>&1 | grep -v -E '^[IW][0-9]{4} ' | tee -a "$log"
       status=${PIPESTATUS[0]}

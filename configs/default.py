@@ -40,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.parallelism = "pmap"  # "pmap" or "shard_map" (jax.jit over a device mesh)
   config.num_devices = 0  # local devices to train on; 0: all of them
   config.cross_replica_bn = False  # batch-norm statistics over the global batch instead of per device
+  config.steps_per_dispatch = 1  # train steps per host dispatch (a lax.scan); more hides dispatch latency on accelerators
+  config.num_seeds = 1  # K > 1: train seeds seed .. seed+K-1 side by side, one vmapped step (see README)
 
   config.log_every_steps = 100  # write training metrics (averaged since the last line) this often
   config.log_grad_norms = False  # also log the gradient norm of each block (grad_norm/<block>)

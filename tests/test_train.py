@@ -56,6 +56,7 @@ def test_run_names_say_what_is_trained():
   assert train.run_name(parse_flags("--config=configs/plain20.py")) == "plain20"
   assert train.run_name(parse_flags("--config=configs/vgg16.py")) == "vgg16"
   assert train.run_name(parse_flags("--config=configs/preact_resnet164.py")) == "preact_resnet164"
+  assert train.run_name(parse_flags("--config=configs/resnet56.py", "--config.num_seeds=4")) == "resnet56-seeds0-3"
 
 
 class WithAuxHead(nn.Module):
@@ -148,6 +149,76 @@ def test_shard_map_gives_the_same_result_as_pmap(mock_cifar10, tiny_config, tmp_
     train.train_and_evaluate(tiny_config, str(tmp_path / mode))
     losses[mode] = [(m["train_loss"], m.get("test_loss", 0)) for m in read_metrics(tmp_path / mode)]
   np.testing.assert_allclose(losses["shard_map"], losses["pmap"], rtol=1e-5)
+
+
+# ------------------------------------------------------------ steps per dispatch, several seeds
+
+
+def test_a_dispatch_runs_several_steps_except_where_a_log_eval_or_checkpoint_step_falls_inside():
+  config = default.get_config()
+  config.total_steps, config.log_every_steps, config.eval_every_steps = 100, 10, 50
+  config.checkpoint_every_steps, config.steps_per_dispatch = 50, 5
+  assert train.dispatch_size(0, config) == 5  # steps 1-5
+  assert train.dispatch_size(5, config) == 5  # 6-10: the log step ends the dispatch
+  assert train.dispatch_size(7, config) == 1  # after a resume at step 7: one by one up to 10
+  assert train.dispatch_size(98, config) == 1  # 99, 100: the end
+  config.steps_per_dispatch = 1
+  assert train.dispatch_size(0, config) == 1
+  config.steps_per_dispatch = 0
+  with pytest.raises(ValueError, match="steps_per_dispatch must be at least 1"):
+    train.dispatch_size(0, config)
+
+
+def test_several_steps_per_dispatch_train_as_the_same_steps_one_by_one(mock_cifar10, tiny_config, tmp_path):
+  tiny_config.log_every_steps, tiny_config.total_steps = 4, 8  # steps 1-3 and 5-7 run one by one
+  runs = {}
+  for n in (1, 2, 4):
+    tiny_config.steps_per_dispatch = n
+    final = train.train_and_evaluate(tiny_config, str(tmp_path / str(n)))
+    runs[n] = [final["test_loss"]] + [(m["step"], m["train_loss"]) for m in read_metrics(tmp_path / str(n))]
+  for n in (2, 4):
+    assert [step for step, _ in runs[n][1:]] == [4, 8]
+    np.testing.assert_allclose([loss for _, loss in runs[n][1:]], [loss for _, loss in runs[1][1:]], rtol=1e-4)
+    np.testing.assert_allclose(runs[n][0], runs[1][0], rtol=1e-4)
+
+
+def test_k_seeds_in_one_run_train_as_k_one_seed_runs(mock_cifar10, tiny_config, tmp_path):
+  tiny_config.num_seeds, tiny_config.seed = 2, 3
+  final = train.train_and_evaluate(tiny_config, str(tmp_path / "both"))
+  line = read_metrics(tmp_path / "both")[-1]
+  for key in ("train_loss", "train_error", "test_loss", "test_error"):
+    per_seed = [line[f"seed{s}/{key}"] for s in (3, 4)]
+    assert line[key] == pytest.approx(np.mean(per_seed))
+    assert line[f"{key}_std"] == pytest.approx(np.std(per_seed, ddof=1))
+  assert line["seed3/train_loss"] != line["seed4/train_loss"]  # own init, data order, augmentation
+  tiny_config.num_seeds = 1
+  for seed in (3, 4):
+    tiny_config.seed = seed
+    alone = train.train_and_evaluate(tiny_config, str(tmp_path / str(seed)))
+    np.testing.assert_allclose(line[f"seed{seed}/train_loss"], alone["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(line[f"seed{seed}/test_error"], alone["test_error"], atol=1 / 256 + 1e-6)
+    assert final["num_params"] == alone["num_params"]  # of one net, not of both
+
+
+def test_several_seeds_resume_from_their_checkpoint(mock_cifar10, tiny_config, tmp_path):
+  tiny_config.num_seeds, tiny_config.checkpoint_every_steps = 2, 2
+  whole = train.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
+  tiny_config.total_steps = 2
+  train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+  tiny_config.total_steps = 4
+  resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+  for key in ("seed0/train_loss", "seed1/train_loss", "seed1/test_error"):
+    np.testing.assert_allclose(resumed[key], whole[key], rtol=1e-4)
+
+
+def test_several_seeds_on_several_devices_match_one_device(mock_cifar10, tiny_config, tmp_path):
+  tiny_config.num_seeds, tiny_config.cross_replica_bn = 2, True
+  finals = {}
+  for n in (1, 4):
+    tiny_config.num_devices = n
+    finals[n] = train.train_and_evaluate(tiny_config, str(tmp_path / str(n)))
+  for key in ("seed0/train_loss", "seed1/train_loss", "test_loss"):
+    np.testing.assert_allclose(finals[4][key], finals[1][key], rtol=2e-4)
 
 
 def test_batch_that_does_not_divide_over_devices_is_an_error(tiny_config, tmp_path):
