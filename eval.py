@@ -13,7 +13,8 @@ Comparing reads each run's metrics.jsonl and config.json and draws He et al. 201
 Fig. 6: training error dashed, test error solid, against steps, one colour per depth,
 plain and residual nets in side-by-side panels with a shared y axis (PNG and PDF). It
 writes a Markdown table in the form of the paper's Table 6 (mean ± std where several
-seeds ran), and, for runs with config.log_grad_norms, a figure of each block's gradient
+seeds ran, as separate runs or as one run of config.num_seeds; their test error's spread is
+a band in the figure), and, for runs with config.log_grad_norms, a figure of each block's gradient
 norm from input to output.
 """
 
@@ -68,7 +69,7 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, include_train: bo
   replicas = parallel.Replicas(config.parallelism, num_devices)
   dataset = input_pipeline.load_dataset(config.dataset)
   model = train.create_model(config, dataset.num_classes)
-  template = train.create_train_state(config, model, jax.random.key(0), dataset.train.images.shape[1:])
+  template = train.create_train_state(config, model, train.run_keys(config)[0], dataset.train.images.shape[1:])
   ckpts = checkpoints.Checkpoints(workdir)
   try:
     restored = ckpts.restore(jax.device_get(template), step)
@@ -78,7 +79,7 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, include_train: bo
     raise FileNotFoundError(f"No readable checkpoint in {ckpts.directory}.")
   step, state, _ = restored
   splits = dict(dataset.eval_splits, **({"train": dataset.train} if include_train else {}))
-  evaluate = train.make_evaluator(replicas, splits, dataset.mean_image, config.eval_batch_size)
+  evaluate = train.make_evaluator(replicas, splits, dataset.mean_image, config)
   results = {"step": step, "devices": replicas.count, **evaluate(replicas.replicate(state))}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"eval_{step}.json"), "w") as f:
@@ -113,6 +114,23 @@ class RunHistory:
     """(steps, values) of the lines that hold `key`."""
     points = [(line["step"], line[key]) for line in self.lines if key in line]
     return np.array([p[0] for p in points]), np.array([p[1] for p in points])
+
+
+def split_seeds(run: RunHistory) -> list[RunHistory]:
+  """A run of config.num_seeds = K as K one-seed runs (from its seed<s>/<key> metrics), so
+  that the seeds of one run and the seeds of separate runs are compared alike."""
+  config = run.config
+  if config.get("num_seeds", 1) == 1:
+    return [run]
+  runs = []
+  for seed in train.seeds(config):
+    prefix = f"seed{seed}/"
+    one = ml_collections.ConfigDict(config.to_dict())
+    one.seed, one.num_seeds = seed, 1
+    lines = [{"step": line["step"], **{k[len(prefix):]: v for k, v in line.items() if k.startswith(prefix)}}
+             for line in run.lines]
+    runs.append(RunHistory(one, lines, run.num_params, f"{run.source} ({prefix[:-1]})"))
+  return runs
 
 
 def load_local_runs(path: str) -> list[RunHistory]:
@@ -162,7 +180,7 @@ def load_runs(sources: Sequence[str]) -> list[RunHistory]:
       raise FileNotFoundError(f"{source} is neither a folder nor a wandb sweep path (entity/project/sweep_id).")
     if not found:
       raise FileNotFoundError(f"No runs (metrics.jsonl with config.json) in {source}.")
-    runs += found
+    runs += [one for run in found for one in split_seeds(run)]
   return runs
 
 
@@ -175,12 +193,18 @@ def group_by_net(runs: Sequence[RunHistory]) -> dict[str, list[RunHistory]]:
   return {net: groups[net] for net in sorted(groups, key=order)}
 
 
-def mean_curve(runs: Sequence[RunHistory], key: str) -> tuple[np.ndarray, np.ndarray]:
-  """The mean over runs of `key` at the steps every run logged it."""
+def common_curves(runs: Sequence[RunHistory], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values [runs, steps]) of `key` at the steps every run logged it."""
   curves = [run.curve(key) for run in runs]
   steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
-  values = [np.array([dict(zip(s.tolist(), v.tolist()))[t] for t in steps]) for s, v in curves]
-  return np.array(steps), np.mean(values, axis=0) if values else np.array([])
+  values = [[dict(zip(s.tolist(), v.tolist()))[t] for t in steps] for s, v in curves]
+  return np.array(steps), np.array(values).reshape(len(runs), len(steps))
+
+
+def mean_curve(runs: Sequence[RunHistory], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """The mean over runs of `key` at the steps every run logged it."""
+  steps, values = common_curves(runs, key)
+  return steps, values.mean(axis=0)
 
 
 def _pyplot():
@@ -218,13 +242,19 @@ def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
       seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
       steps, train_error = mean_curve(group, "train_error")
       ax.plot(steps, 100 * train_error, "--", color=colour, linewidth=1)
-      steps, test_error = mean_curve(group, "test_error")
+      steps, test_errors = common_curves(group, "test_error")
+      test_error = test_errors.mean(axis=0)
+      if len(group) > 1:  # the seeds' spread: mean ± sample std
+        spread = test_errors.std(axis=0, ddof=1)
+        ax.fill_between(steps, 100 * (test_error - spread), 100 * (test_error + spread), color=colour,
+                        alpha=0.2, linewidth=0)
       ax.plot(steps, 100 * test_error, "-", color=colour, linewidth=2, marker="o" if len(steps) < 20 else None,
               markersize=3, label=f"{net}{seeds}")
     ax.set_title(PANEL_TITLES.get(panel, panel))
     ax.set_xlabel("iterations")
     ax.grid(alpha=0.3)
-    ax.legend(title="test solid, train dashed", fontsize=8, title_fontsize=8)
+    bands = "; band: ± std over seeds" if any(len(group) > 1 for *_, group in nets) else ""
+    ax.legend(title=f"test solid, train dashed{bands}", fontsize=8, title_fontsize=8)
   fig.axes[0].set_ylabel("error (%)")
   fig.axes[0].set_ylim(bottom=0)
   fig.tight_layout()
@@ -330,9 +360,12 @@ def main(argv):
     raise app.UsageError("Give --workdir=<a run's workdir> to evaluate, or `compare <folders>`.")
   results = evaluate_checkpoint(FLAGS.workdir, FLAGS.step, FLAGS.train, FLAGS.num_devices, FLAGS.data_dir)
   print(f"{FLAGS.workdir} at step {results['step']} on {results['devices']} device(s):")
-  for name in [k[:-len("_error")] for k in results if k.endswith("_error")]:
-    print(f"  {name:5s} loss {results[f'{name}_loss']:.4f}  error {100 * results[f'{name}_error']:.2f}%"
+  for name in [k[:-len("_examples")] for k in results if k.endswith("_examples")]:
+    spread = f" ± {100 * results[f'{name}_error_std']:.2f}" if f"{name}_error_std" in results else ""
+    print(f"  {name:5s} loss {results[f'{name}_loss']:.4f}  error {100 * results[f'{name}_error']:.2f}%{spread}"
           f"  ({results[f'{name}_examples']} images)")
+    for key in [k for k in results if k.startswith("seed") and k.endswith(f"/{name}_error")]:
+      print(f"    {key.split('/')[0]:8s} error {100 * results[key]:.2f}%")
 
 
 if __name__ == "__main__":

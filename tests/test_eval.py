@@ -122,6 +122,36 @@ def test_grad_norm_figure_runs_from_the_first_block_to_the_last(sweep_dir):
   assert [list(line.get_xdata()) for line in fig.axes[0].lines] == [[1, 2, 3], [1, 2, 3]]
 
 
+def test_a_several_seed_run_compares_as_its_seeds(sweep_dir):
+  """A run of num_seeds=2 counts as two runs of the net: same table row, same band, as separate seeds."""
+  config = default.get_config()
+  config.model.depth, config.num_seeds, config.seed = 44, 2, 5
+  workdir = sweep_dir / "resnet44-seeds5-6"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps({**config.to_dict(), "num_params": 44_000}))
+  lines = [{"step": step, "train_error": 0.5, "seed5/train_error": 0.4, "seed6/train_error": 0.6,
+            "seed5/test_error": 0.30, "seed6/test_error": 0.36, "test_error": 0.33} for step in (200, 300)]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+  runs = eval_lib.load_runs([str(sweep_dir)])
+  seeds = [run for run in runs if run.net == "resnet44"]
+  assert [run.config.seed for run in seeds] == [5, 6] and [run.config.num_seeds for run in seeds] == [1, 1]
+  assert seeds[1].curve("train_error")[1].tolist() == [0.6, 0.6]
+  row = table_rows(eval_lib.results_table(runs))["resnet44"]
+  assert row[3] == "2" and row[6] == f"33.00 ± {100 * np.std([0.30, 0.36], ddof=1):.2f}"
+  residual = eval_lib.draw_error_curves(runs).axes[1]
+  assert len(residual.collections) == 2  # a band for each net with two seeds: ResNet-20 and ResNet-44
+
+
+def test_eval_of_a_several_seed_run_gives_each_seed_its_logged_error(mock_cifar10, tiny_config, tmp_path):
+  tiny_config.num_seeds = 2
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  results = eval_lib.evaluate_checkpoint(str(tmp_path), num_devices=2)
+  logged = read_metrics(tmp_path)[-1]
+  for key in ("seed0/test_error", "seed1/test_error", "test_error", "test_error_std"):
+    assert results[key] == pytest.approx(logged[key], abs=1e-6)
+  assert results["test_examples"] == 256
+
+
 def test_compare_reads_a_wandb_sweep_through_the_public_api(monkeypatch, tmp_path):
   import wandb  # pylint: disable=g-import-not-at-top
 
