@@ -31,6 +31,7 @@ import checkpoints
 import input_pipeline
 import nets
 import parallel
+from nets import cpu_conv
 import writers
 
 AXIS = parallel.AXIS
@@ -107,6 +108,14 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
           k: v for k, v in config.model.items() if k != "name"})
 
 
+def apply_with_conv_weight_grad(apply_fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
+  """`apply_fn`, its convolutions traced with the weight gradient `mode` (nets/cpu_conv.py)."""
+  def apply(*args, **kwargs):
+    with cpu_conv.weight_grad(mode):
+      return apply_fn(*args, **kwargs)
+  return apply
+
+
 def seeds(config: ml_collections.ConfigDict) -> list[int]:
   """The seeds a run trains: config.seed, and the next ones when config.num_seeds > 1."""
   if config.num_seeds < 1:
@@ -135,7 +144,8 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, key:
   """
   def init(key):
     variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+    return TrainState.create(apply_fn=apply_with_conv_weight_grad(model.apply, config.get("conv_weight_grad", "auto")),
+                             params=variables["params"],
                              batch_stats=variables.get("batch_stats", {}),  # none without batch norm
                              tx=create_optimizer(config))
   return jax.jit(init if config.num_seeds == 1 else jax.vmap(init))(key)
@@ -228,6 +238,12 @@ def steps_on_device(config: ml_collections.ConfigDict, num_devices: int,
   step = functools.partial(train_step_on_device, config=config, num_devices=num_devices)
   if config.num_seeds > 1:
     step = jax.vmap(step, in_axes=(0, None, 0))
+
+  if steps == 1:  # no scan: XLA's CPU backend runs convolutions inside a loop many times slower
+    def one_step(state, data, key_data):
+      state, metrics = step(state, data, key_data)
+      return state, jax.tree_util.tree_map(lambda m: m[None], metrics)
+    return one_step
 
   def run(state, data, key_data):
     return jax.lax.scan(lambda s, _: step(s, data, key_data), state, length=steps)

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nets import cpu_conv
+
 # He et al. 2015 ("Delving deep into rectifiers"): zero-mean normal, std sqrt(2 / fan_in).
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -22,11 +24,13 @@ def conv_factory(dtype: Any, use_bias: bool = False) -> Callable[..., nn.Module]
   padding None is symmetric, k//2 on each side (a "VALID" conv pads nothing).
 
   Symmetric padding of k//2, as in the papers (Caffe, Torch): XLA's "SAME" would pad a
-  stride-2 conv on the bottom/right only and shift the sampling grid.
+  stride-2 conv on the bottom/right only and shift the sampling grid. The convolution is
+  cpu_conv's: lax's, with a weight gradient that XLA runs fast on CPU.
   """
   return lambda features, kernel, strides=1, padding=None, **kw: nn.Conv(
       features, kernel, strides, padding=padding or [(k // 2, k // 2) for k in kernel],
-      use_bias=use_bias, kernel_init=he_normal, dtype=dtype, **kw)
+      use_bias=use_bias, kernel_init=he_normal, dtype=dtype,
+      conv_general_dilated=cpu_conv.conv_general_dilated, **kw)
 
 
 def norm_factory(train: bool, dtype: Any, axis_name: str | None, momentum: float = 0.9,

@@ -182,6 +182,15 @@ def test_several_steps_per_dispatch_train_as_the_same_steps_one_by_one(mock_cifa
     np.testing.assert_allclose(runs[n][0], runs[1][0], rtol=1e-4)
 
 
+def test_the_conv_weight_gradient_by_patches_trains_as_lax_s(mock_cifar10, tiny_config, tmp_path):
+  losses = {}
+  for mode in ("lax", "patches"):
+    tiny_config.conv_weight_grad = mode
+    train.train_and_evaluate(tiny_config, str(tmp_path / mode))
+    losses[mode] = [(m["train_loss"], m.get("test_loss", 0)) for m in read_metrics(tmp_path / mode)]
+  np.testing.assert_allclose(losses["patches"], losses["lax"], rtol=1e-4)
+
+
 def test_k_seeds_in_one_run_train_as_k_one_seed_runs(mock_cifar10, tiny_config, tmp_path):
   tiny_config.num_seeds, tiny_config.seed = 2, 3
   final = train.train_and_evaluate(tiny_config, str(tmp_path / "both"))

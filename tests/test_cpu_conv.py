@@ -1,0 +1,82 @@
+"""nets/cpu_conv.py: the weight gradient by patches equals lax's, and the mode picks the path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from nets import cpu_conv
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def gradients(conv, x, w, strides, padding, **kw):
+  """d/dx and d/dw of a loss that weighs every output differently."""
+  def loss(x, w):
+    y = conv(x, w, strides, padding, dimension_numbers=NHWC, **kw)
+    return (y * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size).sum()
+  return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+
+
+def random_conv(batch, size, in_features, out_features, kernel, dtype=jnp.float32):
+  x = jax.random.normal(jax.random.key(0), (batch, size, size, in_features), dtype)
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, in_features, out_features), dtype)
+  return x, w
+
+
+@pytest.mark.parametrize("batch,size,features,kernel,strides,padding", [
+    (16, 32, (16, 16), 3, 1, [(1, 1), (1, 1)]),  # a CIFAR ResNet's first stage: two chunks of 8
+    (12, 16, (16, 32), 3, 2, [(1, 1), (1, 1)]),  # the stride-2 conv opening a stage; chunks of 6
+    (7, 16, (32, 64), 1, 2, [(0, 0), (0, 0)]),  # option B's 1x1 projection; 7 images: one chunk
+    (4, 15, (8, 8), 3, 2, "SAME"),
+    (4, 13, (3, 8), 5, 1, "VALID"),
+    (2, 12, (4, 6), 7, 2, [(3, 3), (3, 3)]),  # an ImageNet stem
+])
+def test_gradients_by_patches_equal_lax(batch, size, features, kernel, strides, padding):
+  x, w = random_conv(batch, size, *features, kernel)
+  with cpu_conv.weight_grad("patches"):
+    ours = gradients(cpu_conv.conv_general_dilated, x, w, (strides, strides), padding)
+  theirs = gradients(lax.conv_general_dilated, x, w, (strides, strides), padding)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+
+
+def test_bfloat16_gradient_by_patches_is_as_close_as_lax_s():
+  x, w = random_conv(8, 16, 16, 16, 3, jnp.bfloat16)
+  exact = gradients(lax.conv_general_dilated, x.astype(jnp.float32), w.astype(jnp.float32), (1, 1), [(1, 1)] * 2)[1]
+  with cpu_conv.weight_grad("patches"):
+    ours = gradients(cpu_conv.conv_general_dilated, x, w, (1, 1), [(1, 1)] * 2)[1]
+  theirs = gradients(lax.conv_general_dilated, x, w, (1, 1), [(1, 1)] * 2)[1]
+  assert ours.dtype == jnp.bfloat16
+  error = lambda g: float(jnp.abs(g.astype(jnp.float32) - exact).max() / jnp.abs(exact).max())
+  assert error(ours) <= max(2 * error(theirs), 1e-2)
+
+
+def test_grouped_convolutions_and_vmapped_ones_are_right_too():
+  x, w = random_conv(4, 8, 8, 8, 3)
+  grouped = lambda conv: gradients(conv, x, w[:, :, :4], (1, 1), [(1, 1)] * 2, feature_group_count=2)
+  with cpu_conv.weight_grad("patches"):
+    ours = grouped(cpu_conv.conv_general_dilated)
+  np.testing.assert_allclose(ours[1], grouped(lax.conv_general_dilated)[1], rtol=1e-5)
+  # Several seeds: train.py vmaps the step over a leading axis of weights.
+  ws = jnp.stack([w, 2 * w])
+  per_seed = lambda conv: jax.vmap(lambda w: gradients(conv, x, w, (1, 1), [(1, 1)] * 2)[1])(ws)
+  with cpu_conv.weight_grad("patches"):
+    ours = per_seed(cpu_conv.conv_general_dilated)
+  np.testing.assert_allclose(ours, per_seed(lax.conv_general_dilated), rtol=1e-4, atol=1e-3)
+
+
+def traced_with_patches(mode):
+  x, w = random_conv(2, 8, 4, 4, 3)
+  with cpu_conv.weight_grad(mode):
+    jaxpr = jax.make_jaxpr(lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC))(x, w)
+  return "custom_vjp" in str(jaxpr)
+
+
+def test_the_mode_picks_the_weight_gradient():
+  assert traced_with_patches("patches") and not traced_with_patches("lax")
+  assert traced_with_patches("auto") == (jax.default_backend() == "cpu")  # patches on CPU only
+  with pytest.raises(ValueError, match="conv_weight_grad must be one of"):
+    with cpu_conv.weight_grad("fast"):
+      pass
