@@ -227,17 +227,16 @@ def steps_on_device(config: ml_collections.ConfigDict, num_devices: int,
 
   This is where the loop's speed tricks live, both plain JAX transformations of
   `train_step_on_device`:
-  - several seeds (config.num_seeds) train as one vmapped step: one small net leaves an
-    accelerator idle, K of them side by side fill it. State, keys and metrics get a
-    leading seed axis; the data is shared, each seed draws its own batches from it.
+  - several seeds (config.num_seeds) train in one step (`over_seeds`): one small net
+    leaves an accelerator idle, K of them side by side (vmapped) fill it. State, keys and
+    metrics get a leading seed axis; the data is shared, each seed draws its own batches.
   - several steps per dispatch (config.steps_per_dispatch) run as a lax.scan, so the
     host dispatches once per `steps` steps. Each step reads its batch from state.step,
     so the scan trains exactly as `steps` dispatches would.
   Metrics come back per step: [steps] or [steps, seeds].
   """
   step = functools.partial(train_step_on_device, config=config, num_devices=num_devices)
-  if config.num_seeds > 1:
-    step = jax.vmap(step, in_axes=(0, None, 0))
+  step = over_seeds(step, config, in_axes=(0, None, 0))
 
   if steps == 1:  # no scan: XLA's CPU backend runs convolutions inside a loop many times slower
     def one_step(state, data, key_data):
@@ -248,6 +247,33 @@ def steps_on_device(config: ml_collections.ConfigDict, num_devices: int,
   def run(state, data, key_data):
     return jax.lax.scan(lambda s, _: step(s, data, key_data), state, length=steps)
   return run
+
+
+def over_seeds(fn: Callable[..., Any], config: ml_collections.ConfigDict,
+               in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
+  """`fn` of one seed as a function of all config.num_seeds seeds.
+
+  Arguments with in_axes 0 (state, keys) have a leading seed axis, those with None (the
+  data) are shared; results get a leading seed axis. config.seed_batching says how:
+  "vmap" (one vectorised step; the convolutions become grouped ones, which fill an
+  accelerator), or "loop" (the seeds one after the other in the same jitted step; XLA's
+  CPU backend runs grouped convolutions several times slower than K plain ones);
+  "auto": loop on CPU, vmap elsewhere.
+  """
+  if config.num_seeds == 1:
+    return fn
+  batching = config.get("seed_batching", "auto")
+  if batching not in ("auto", "vmap", "loop"):
+    raise ValueError(f"seed_batching must be auto, vmap or loop; got {batching!r}.")
+  if batching == "vmap" or (batching == "auto" and jax.default_backend() != "cpu"):
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def one_after_another(*args):
+    seed_args = lambda i: [a if axis is None else jax.tree_util.tree_map(lambda x: x[i], a)
+                           for a, axis in zip(args, in_axes)]
+    results = [fn(*seed_args(i)) for i in range(config.num_seeds)]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *results)
+  return one_after_another
 
 
 def step_of(state: TrainState) -> int:
@@ -331,7 +357,7 @@ def make_evaluator(replicas: parallel.Replicas, splits: dict[str, input_pipeline
 
   The splits go to the devices once, each device holding its share.
   """
-  on_device = eval_on_device if config.num_seeds == 1 else jax.vmap(eval_on_device, in_axes=(0, None, None))
+  on_device = over_seeds(eval_on_device, config, in_axes=(0, None, None))
   eval_fn = replicas.parallelize(on_device, sharded_argnums=(1,))
   data = {name: replicas.shard(shard_for_eval(split, replicas.count, config.eval_batch_size))
           for name, split in splits.items()}

@@ -3,7 +3,7 @@
     python -m benchmarks.summarize runs/bench/*.json
     python -m benchmarks.summarize runs/bench/*.json --combined=all.json   # also all results in one file
 
-The projection is total_steps (64k for the paper's recipe) times the median ms/step: train
+Images/s count every seed's images (bench.py --config.num_seeds). The projection is total_steps (64k for the paper's recipe) times the median ms/step: train
 steps only, no evaluation or checkpoints.
 """
 
@@ -13,7 +13,7 @@ import json
 import bench
 import writers
 
-COLUMNS = ("net", "dtype", "steps/dispatch", "images/s", "ms/step", "compile s", "peak device",
+COLUMNS = ("net", "dtype", "steps/dispatch", "seeds", "images/s", "ms/step", "compile s", "peak device",
            "torch fp32", "torch bf16", "torch channels_last", "ours/torch fp32", "projected")
 
 
@@ -22,7 +22,8 @@ def row(result: dict) -> list[str]:
   ours, theirs = result[bench.OURS], result["torch"]
   torch_speed = [f"{theirs[v]['images_per_sec']:.0f}" if v in theirs else "-" for v in bench.TORCH_VARIANTS]
   ratio = f"{theirs['fp32']['ours_over_torch_median']:.2f}" if "fp32" in theirs else "-"
-  return [result["net"], result["dtype"], str(result["steps_per_dispatch"]), f"{ours['images_per_sec']:.0f}",
+  return [result["net"], result["dtype"], str(result["steps_per_dispatch"]), str(result.get("num_seeds", 1)),
+          f"{ours['images_per_sec']:.0f}",
           f"{ours['ms_per_step']:.2f}", f"{ours['compile_s']:.1f}", bench.format_bytes(ours["peak_device_bytes"]),
           *torch_speed, ratio,
           f"{writers.format_duration(result['projected_total_s'])} for {result['total_steps']:,} steps"]
@@ -43,7 +44,7 @@ def main() -> None:
   for path in args.results:
     with open(path) as f:
       results.append(json.load(f))
-  results.sort(key=lambda r: (r["num_params"], r["dtype"], r["steps_per_dispatch"]))
+  results.sort(key=lambda r: (r["num_params"], r["dtype"], r["steps_per_dispatch"], r.get("num_seeds", 1)))
   device = results[0]["device"]
   print(f"{device['count']} x {device['kind']} ({device['platform']}), batch {results[0]['batch_size']}")
   print(markdown_table(results))

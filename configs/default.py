@@ -42,7 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.cross_replica_bn = False  # batch-norm statistics over the global batch instead of per device
   config.steps_per_dispatch = 1  # train steps per host dispatch (a lax.scan); more hides dispatch latency on accelerators
   config.conv_weight_grad = "auto"  # convolutions' weight gradient: "patches" (fast on CPU), "lax", "auto": patches on CPU only
-  config.num_seeds = 1  # K > 1: train seeds seed .. seed+K-1 side by side, one vmapped step (see README)
+  config.num_seeds = 1  # K > 1: train seeds seed .. seed+K-1 in one step (see README)
+  config.seed_batching = "auto"  # several seeds: "vmap" (fills an accelerator), "loop" (faster on CPU), auto: loop on CPU
 
   config.log_every_steps = 100  # write training metrics (averaged since the last line) this often
   config.log_grad_norms = False  # also log the gradient norm of each block (grad_norm/<block>)

@@ -129,3 +129,12 @@ def test_bench_times_pytorch_alternately_and_reports_the_ratio_per_window(tmp_pa
     expected = [t["ms_per_step"] / o["ms_per_step"] for o, t in zip(result["depthlab"]["windows"], theirs["windows"])]
     np.testing.assert_allclose(theirs["ours_over_torch"], expected, rtol=1e-9)
     assert f"ours / torch {variant}" in table
+
+
+def test_summary_table_has_a_row_per_run_naming_its_seeds(tmp_path):
+  from benchmarks import summarize  # pylint: disable=g-import-not-at-top
+  result, _ = run_tiny(tmp_path)
+  rows = [line.split("|") for line in summarize.markdown_table([result, dict(result, num_seeds=4)]).splitlines()]
+  assert [cell.strip() for cell in rows[0][1:5]] == ["net", "dtype", "steps/dispatch", "seeds"]
+  assert [row[4].strip() for row in rows[2:]] == ["1", "4"]
+  assert all(row[1].strip() == "resnet8" for row in rows[2:])

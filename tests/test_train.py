@@ -191,8 +191,9 @@ def test_the_conv_weight_gradient_by_patches_trains_as_lax_s(mock_cifar10, tiny_
   np.testing.assert_allclose(losses["patches"], losses["lax"], rtol=1e-4)
 
 
-def test_k_seeds_in_one_run_train_as_k_one_seed_runs(mock_cifar10, tiny_config, tmp_path):
-  tiny_config.num_seeds, tiny_config.seed = 2, 3
+@pytest.mark.parametrize("seed_batching", ["vmap", "loop"])
+def test_k_seeds_in_one_run_train_as_k_one_seed_runs(mock_cifar10, tiny_config, tmp_path, seed_batching):
+  tiny_config.num_seeds, tiny_config.seed, tiny_config.seed_batching = 2, 3, seed_batching
   final = train.train_and_evaluate(tiny_config, str(tmp_path / "both"))
   line = read_metrics(tmp_path / "both")[-1]
   for key in ("train_loss", "train_error", "test_loss", "test_error"):
@@ -200,13 +201,20 @@ def test_k_seeds_in_one_run_train_as_k_one_seed_runs(mock_cifar10, tiny_config, 
     assert line[key] == pytest.approx(np.mean(per_seed))
     assert line[f"{key}_std"] == pytest.approx(np.std(per_seed, ddof=1))
   assert line["seed3/train_loss"] != line["seed4/train_loss"]  # own init, data order, augmentation
-  tiny_config.num_seeds = 1
+  tiny_config.num_seeds, tiny_config.seed_batching = 1, "auto"
   for seed in (3, 4):
     tiny_config.seed = seed
     alone = train.train_and_evaluate(tiny_config, str(tmp_path / str(seed)))
     np.testing.assert_allclose(line[f"seed{seed}/train_loss"], alone["train_loss"], rtol=1e-4)
     np.testing.assert_allclose(line[f"seed{seed}/test_error"], alone["test_error"], atol=1 / 256 + 1e-6)
     assert final["num_params"] == alone["num_params"]  # of one net, not of both
+
+
+def test_an_unknown_seed_batching_is_an_error_naming_the_choices():
+  config = default.get_config()
+  config.num_seeds, config.seed_batching = 2, "pmap"
+  with pytest.raises(ValueError, match="seed_batching must be auto, vmap or loop"):
+    train.over_seeds(lambda x: x, config, (0,))
 
 
 def test_several_seeds_resume_from_their_checkpoint(mock_cifar10, tiny_config, tmp_path):
