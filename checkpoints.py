@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 
 import parallel
 import writers
+from configs import default
 
 # The fields a run cannot change when it resumes: they change the model or the data.
 MUST_MATCH = ("model.", "dataset.name", "dataset.validation_size", "dataset.crop_padding",
@@ -28,9 +29,15 @@ class ConfigMismatchError(ValueError):
   """A workdir's checkpoints were trained with another model or data."""
 
 
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+  """A saved config with the top-level fields it lacks set to their defaults: a run saved
+  before a field existed was trained as its default says."""
+  return {**default.get_config().to_dict(), **saved}
+
+
 def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """'field: saved -> now' for each MUST_MATCH field that differs."""
-  before = writers.flatten_config(ml_collections.ConfigDict(saved), prefix="")
+  before = writers.flatten_config(ml_collections.ConfigDict(with_defaults(saved)), prefix="")
   now = writers.flatten_config(config, prefix="")
   fields = sorted(k for k in set(before) | set(now) if k.startswith(MUST_MATCH))
   return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in fields if before.get(k) != now.get(k)]

@@ -34,6 +34,7 @@ import input_pipeline
 import parallel
 import train
 import writers
+from configs import default
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The run's workdir (holds config.json and checkpoints/).")
@@ -50,14 +51,14 @@ PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.9
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was trained with, from its config.json."""
+  """The config a run was trained with, from its config.json (top-level fields it lacks: the defaults)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} the workdir of a run?")
   with open(path) as f:
     saved = json.load(f)
   saved.pop("num_params", None)
-  return ml_collections.ConfigDict(saved)
+  return ml_collections.ConfigDict(checkpoints.with_defaults(saved))
 
 
 def evaluate_checkpoint(workdir: str, step: int | None = None, include_train: bool = False,
@@ -161,7 +162,6 @@ def load_wandb_sweep(sweep_path: str) -> list[RunHistory]:
 
 def train_config_of(wandb_config: dict[str, Any]) -> ml_collections.ConfigDict:
   """A run's config from its wandb config (flat 'config.model.depth' keys) over the defaults."""
-  from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.update_from_flattened_dict({k[len("config."):]: v for k, v in wandb_config.items()
                                      if k.startswith("config.") and not isinstance(v, dict)})

@@ -116,6 +116,14 @@ def test_config_differences_ignore_fields_that_do_not_change_the_model_or_data(t
       "dataset.validation_size: 0 -> 5000", "model.residual: True -> False"]
 
 
+def test_a_checkpoint_saved_before_a_field_existed_counts_as_its_default(tiny_config):
+  saved = tiny_config.to_dict()
+  del saved["num_seeds"]  # a run from before several seeds per run
+  assert checkpoints.config_differences(saved, tiny_config) == []
+  tiny_config.num_seeds = 2
+  assert checkpoints.config_differences(saved, tiny_config) == ["num_seeds: 1 -> 2"]
+
+
 TRAIN_IN_SUBPROCESS = """
 import sys
 import tensorflow_datasets as tfds

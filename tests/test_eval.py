@@ -36,6 +36,17 @@ def test_eval_of_an_earlier_step_and_the_train_split(finished_run):
   assert results["step"] == 2 and results["train_examples"] == 256 and 0 <= results["train_error"] <= 1
 
 
+def test_eval_of_a_run_saved_before_newer_config_fields_uses_their_defaults(finished_run):
+  with open(finished_run / "config.json") as f:
+    saved = json.load(f)
+  for field in ("num_seeds", "seed_batching", "steps_per_dispatch", "conv_weight_grad"):
+    del saved[field]
+  (finished_run / "config.json").write_text(json.dumps(saved))
+  assert eval_lib.load_run_config(str(finished_run)).num_seeds == 1
+  results = eval_lib.evaluate_checkpoint(str(finished_run), num_devices=1)
+  assert results["test_error"] == read_metrics(finished_run)[-1]["test_error"]
+
+
 def test_eval_of_a_missing_step_lists_the_saved_ones(finished_run):
   with pytest.raises(FileNotFoundError, match=r"No checkpoint of step 3 .* \[2, 4\]"):
     eval_lib.evaluate_checkpoint(str(finished_run), step=3)
