@@ -128,14 +128,20 @@ def test_same_seed_same_run_other_seed_other_run(mock_cifar10, tiny_config, tmp_
   assert runs[0] == runs[1] != runs[2]
 
 
+def losses_by(config, tmp_path, field, values):
+  """Per value of config.<field>: the (train loss, test loss) of each log line of a run with it."""
+  losses = {}
+  for value in values:
+    config[field] = value
+    train.train_and_evaluate(config, str(tmp_path / str(value)))
+    losses[value] = [(m["train_loss"], m.get("test_loss", 0)) for m in read_metrics(tmp_path / str(value))]
+  return losses
+
+
 @pytest.mark.parametrize("num_devices", [2, 8])
 def test_cross_replica_bn_on_n_devices_matches_one_device(mock_cifar10, tiny_config, tmp_path, num_devices):
   tiny_config.cross_replica_bn, tiny_config.log_every_steps = True, 1
-  losses = {}
-  for n in (1, num_devices):
-    tiny_config.num_devices = n
-    train.train_and_evaluate(tiny_config, str(tmp_path / str(n)))
-    losses[n] = [(m["train_loss"], m.get("test_loss", 0)) for m in read_metrics(tmp_path / str(n))]
+  losses = losses_by(tiny_config, tmp_path, "num_devices", (1, num_devices))
   np.testing.assert_allclose(losses[num_devices], losses[1], rtol=2e-4)
 
 
@@ -143,11 +149,7 @@ def test_cross_replica_bn_on_n_devices_matches_one_device(mock_cifar10, tiny_con
 def test_shard_map_gives_the_same_result_as_pmap(mock_cifar10, tiny_config, tmp_path, cross_replica_bn):
   tiny_config.num_devices, tiny_config.log_every_steps = 4, 1
   tiny_config.cross_replica_bn = cross_replica_bn
-  losses = {}
-  for mode in ("pmap", "shard_map"):
-    tiny_config.parallelism = mode
-    train.train_and_evaluate(tiny_config, str(tmp_path / mode))
-    losses[mode] = [(m["train_loss"], m.get("test_loss", 0)) for m in read_metrics(tmp_path / mode)]
+  losses = losses_by(tiny_config, tmp_path, "parallelism", ("pmap", "shard_map"))
   np.testing.assert_allclose(losses["shard_map"], losses["pmap"], rtol=1e-5)
 
 
@@ -183,11 +185,7 @@ def test_several_steps_per_dispatch_train_as_the_same_steps_one_by_one(mock_cifa
 
 
 def test_the_conv_weight_gradient_by_patches_trains_as_lax_s(mock_cifar10, tiny_config, tmp_path):
-  losses = {}
-  for mode in ("lax", "patches"):
-    tiny_config.conv_weight_grad = mode
-    train.train_and_evaluate(tiny_config, str(tmp_path / mode))
-    losses[mode] = [(m["train_loss"], m.get("test_loss", 0)) for m in read_metrics(tmp_path / mode)]
+  losses = losses_by(tiny_config, tmp_path, "conv_weight_grad", ("lax", "patches"))
   np.testing.assert_allclose(losses["patches"], losses["lax"], rtol=1e-4)
 
 
