@@ -149,7 +149,8 @@ class OurStep:
     self.num_classes = dataset.num_classes
     model = train.create_model(config, dataset.num_classes)
     init_key, data_key = train.run_keys(config)
-    state = train.create_train_state(config, model, init_key, dataset.train.images.shape[1:])
+    image_shape = input_pipeline.input_shape(config.dataset, dataset.train.images.shape[1:])
+    state = train.create_train_state(config, model, init_key, image_shape)
     self.num_params = nets.count_params(state.params) // config.num_seeds
     self.train_fn = self.replicas.parallelize(
         train.steps_on_device(config, self.replicas.count, self.steps_per_dispatch), donate_argnums=(0,))

@@ -70,7 +70,8 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, include_train: bo
   replicas = parallel.Replicas(config.parallelism, num_devices)
   dataset = input_pipeline.load_dataset(config.dataset)
   model = train.create_model(config, dataset.num_classes)
-  template = train.create_train_state(config, model, train.run_keys(config)[0], dataset.train.images.shape[1:])
+  template = train.create_train_state(config, model, train.run_keys(config)[0],
+                                      input_pipeline.input_shape(config.dataset, dataset.train.images.shape[1:]))
   ckpts = checkpoints.Checkpoints(workdir)
   try:
     restored = ckpts.restore(jax.device_get(template), step)

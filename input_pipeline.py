@@ -1,12 +1,17 @@
-"""CIFAR-10 from TFDS into memory once, and the augmentation that runs on the device.
+"""CIFAR-10 (or any TFDS image dataset) into memory once, and the augmentation that runs on the device.
 
 Loading (host, once per run): `load_dataset` reads the splits with `tfds.data_source`
 (array_record, no TensorFlow), caches the decoded uint8 arrays, holds out a validation
-split if asked, and computes the per-pixel mean image of the training images.
+split if asked, and computes the per-pixel mean image of the training images. With
+`dataset.image_size` set (ImageNet-sized input, e.g. imagenette), each image is stored
+with its shorter side resized to image_size * 8/7 (256 for 224) and centre-cropped to a
+square, and the mean is per channel.
 
 Per step (device, inside the jitted step): `global_batch_indices` draws the step's
-examples from a per-epoch permutation, `sample_augmentation` draws crop offsets and
-flips, and `normalize` / `pad_crop_flip` turn uint8 images into the network's input.
+examples from a per-epoch permutation and `augment` turns them into the network's input:
+CIFAR's pad, crop and flip (`dataset.augmentation = "pad_crop_flip"`), or the standard
+ImageNet random-resized crop and flip (`"random_resized_crop"`). Evaluation sees the
+images as stored (`eval_images`: centre-cropped to image_size).
 All of it is a pure function of (key, step), so the data order does not depend on the
 number of devices or hosts, and a resumed run sees the same batches.
 """
@@ -16,16 +21,17 @@ import hashlib
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 import tensorflow_datasets as tfds
 
 # Where TFDS downloads each dataset from; probed before a download so that an
 # offline machine fails in seconds instead of retrying for minutes.
-DOWNLOAD_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
+DOWNLOAD_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu", "imagenette": "s3.amazonaws.com"}
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
 
@@ -48,7 +54,7 @@ class Dataset:
   """What a run trains and evaluates on."""
   train: Split
   eval_splits: dict[str, Split]  # "test", and "val" when a validation split is held out
-  mean_image: np.ndarray  # float32 [H, W, C] in [0, 1]: per-pixel mean of `train`
+  mean_image: np.ndarray  # float32 in [0, 1]: per-pixel mean of `train` [H, W, C], or per channel [C]
   num_classes: int
 
 
@@ -91,7 +97,7 @@ def ensure_prepared(name: str, data_dir: str, download: bool) -> None:
     return
   if not download:
     raise DataNotFoundError(_missing_data_message(name, data_dir, "downloading is off (dataset.download=False)"))
-  host = DOWNLOAD_HOSTS.get(name, "storage.googleapis.com")
+  host = DOWNLOAD_HOSTS.get(name.split("/")[0], "storage.googleapis.com")
   if not _host_reachable(host):
     raise DataNotFoundError(_missing_data_message(name, data_dir, f"{host} cannot be reached to download it"))
   print(f"Preparing {name} in {data_dir} with TFDS (first use only)...", flush=True)
@@ -102,35 +108,54 @@ def ensure_prepared(name: str, data_dir: str, download: bool) -> None:
         f"Preparing {name} needs TensorFlow (CPU build): pip install -r requirements.txt ({e}).") from e
 
 
-def _read_split(name: str, split: str, data_dir: str) -> Split:
-  """Decodes every example of a split with tfds.data_source."""
+def stored_size(config: Any) -> int:
+  """The side of the square images kept in memory: image_size * 8/7 (256 for 224), or 0:
+  the dataset's own (equal) sizes."""
+  image_size = config.get("image_size", 0)
+  return round(image_size * 8 / 7) if image_size else 0
+
+
+def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The image with its shorter side resized to `size` (bilinear), then its central square."""
+  height, width = image.shape[:2]
+  scale = size / min(height, width)
+  resized = np.asarray(PIL.Image.fromarray(image).resize(
+      (max(size, round(width * scale)), max(size, round(height * scale))), PIL.Image.BILINEAR))
+  top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
+  return resized[top:top + size, left:left + size]
+
+
+def _read_split(name: str, split: str, data_dir: str, size: int = 0) -> Split:
+  """Decodes every example of a split with tfds.data_source (resized to size x size if size)."""
   source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   examples = [source[i] for i in range(len(source))]
-  images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
+  image = lambda e: np.asarray(e["image"], np.uint8)
+  images = np.stack([resize_and_center_crop(image(e), size) if size else image(e) for e in examples])
   labels = np.asarray([e["label"] for e in examples], np.int32)
   return Split(images, labels)
 
 
-def _cache_path(cache_dir: str, name: str, split: str, data_dir: str) -> str:
+def _cache_path(cache_dir: str, name: str, split: str, data_dir: str, size: int = 0) -> str:
   source_dir = os.path.realpath(data_dir)
   key = hashlib.sha1(source_dir.encode()).hexdigest()[:10]
+  name = name.replace("/", "-") + (f"-{size}px" if size else "")
   return os.path.join(os.path.expanduser(cache_dir), f"{name}-{split}-{key}.npz")
 
 
-def load_split(name: str, split: str, data_dir: str, cache_dir: str = "") -> Split:
+def load_split(name: str, split: str, data_dir: str, cache_dir: str = "", size: int = 0) -> Split:
   """A whole split as arrays, decoded once and then read from `cache_dir` (if set).
 
   Decoding CIFAR-10's 60k PNGs takes ~20 s on 2 cores; reading the cached arrays well
   under a second.
   """
-  path = _cache_path(cache_dir, name, split, data_dir) if cache_dir else ""
+  path = _cache_path(cache_dir, name, split, data_dir, size) if cache_dir else ""
   if path and os.path.exists(path):
     try:
       with np.load(path) as cached:
         return Split(cached["images"], cached["labels"])
     except (OSError, ValueError, KeyError):
       print(f"Ignoring unreadable cache {path}; decoding {split} again.", flush=True)
-  data = _read_split(name, split, data_dir)
+  data = _read_split(name, split, data_dir, size)
   if path:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.npz"
@@ -142,16 +167,16 @@ def load_split(name: str, split: str, data_dir: str, cache_dir: str = "") -> Spl
 def load_dataset(config: Any) -> Dataset:
   """Loads the train and eval splits named by `config` (the config's `dataset` field)."""
   data_dir = resolve_data_dir(config.data_dir)
-  start = time.time()
+  start, size = time.time(), stored_size(config)
   try:
-    train = load_split(config.name, "train", data_dir, config.cache_dir)
+    train = load_split(config.name, "train", data_dir, config.cache_dir, size)
   except DataNotFoundError:
     raise
   except Exception:  # pylint: disable=broad-except
     # tfds.data_source raises all sorts when the data is missing; find out why.
     ensure_prepared(config.name, data_dir, config.download)
-    train = load_split(config.name, "train", data_dir, config.cache_dir)
-  test = load_split(config.name, "test", data_dir, config.cache_dir)
+    train = load_split(config.name, "train", data_dir, config.cache_dir, size)
+  test = load_split(config.name, config.get("test_split", "test"), data_dir, config.cache_dir, size)
 
   eval_splits = {"test": test}
   if config.validation_size:
@@ -162,7 +187,8 @@ def load_dataset(config: Any) -> Dataset:
     train = Split(train.images[:cut], train.labels[:cut])
 
   num_classes = tfds.builder(config.name, data_dir=data_dir).info.features["label"].num_classes
-  mean_image = (train.images.mean(axis=0, dtype=np.float64) / 255.0).astype(np.float32)
+  axes = (0, 1, 2) if config.get("augmentation", "pad_crop_flip") == "random_resized_crop" else 0
+  mean_image = (train.images.mean(axis=axes, dtype=np.float64) / 255.0).astype(np.float32)
   print(f"Loaded {config.name} from {data_dir}: {len(train)} train, "
         + ", ".join(f"{len(s)} {k}" for k, s in eval_splits.items())
         + f" ({time.time() - start:.1f}s)", flush=True)
@@ -211,3 +237,66 @@ def pad_crop_flip(images: jax.Array, offsets: jax.Array, flips: jax.Array, paddi
       image, (offset[0], offset[1], 0), (height, width, channels))
   cropped = jax.vmap(crop)(padded, offsets)
   return jnp.where(flips[:, None, None, None], cropped[:, :, ::-1, :], cropped)
+
+
+AUGMENTATIONS = ("pad_crop_flip", "random_resized_crop")
+
+
+def input_shape(config: Any, stored_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The network's input [H, W, C]: image_size square when set, else the images as stored."""
+  image_size = config.get("image_size", 0)
+  return (image_size, image_size, stored_shape[-1]) if image_size else tuple(stored_shape)
+
+
+def sample_crop_boxes(key: jax.Array, batch_size: int, size: int, scale: tuple[float, float] = (0.08, 1.0),
+                      ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
+  """Random crops [B, 4] (top, left, height, width) of a size x size image: the area a
+  uniform fraction `scale` of the image's, the aspect ratio log-uniform in `ratio` (the
+  standard ImageNet augmentation; a side longer than the image is cut to it)."""
+  area_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
+  area = size * size * jax.random.uniform(area_key, (batch_size,), minval=scale[0], maxval=scale[1])
+  aspect = jnp.exp(jax.random.uniform(ratio_key, (batch_size,), minval=np.log(ratio[0]), maxval=np.log(ratio[1])))
+  width = jnp.minimum(jnp.sqrt(area * aspect), size)
+  height = jnp.minimum(jnp.sqrt(area / aspect), size)
+  top = jax.random.uniform(top_key, (batch_size,)) * (size - height)
+  left = jax.random.uniform(left_key, (batch_size,)) * (size - width)
+  return jnp.stack([top, left, height, width], axis=1)
+
+
+def crop_and_resize(images: jax.Array, boxes: jax.Array, out_size: int) -> jax.Array:
+  """Each image's box [top, left, height, width] resized (bilinear) to out_size x out_size, float32."""
+  def one(image, box):
+    scale = out_size / box[2:]
+    return jax.image.scale_and_translate(
+        image.astype(jnp.float32), (out_size, out_size, image.shape[-1]), (0, 1), scale, -box[:2] * scale,
+        method="linear", antialias=False)
+  return jax.vmap(one)(images, boxes)
+
+
+def augment(images: jax.Array, mean_image: jax.Array, key: jax.Array, config: Any, global_batch: int,
+            select: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  """This device's training images (uint8), augmented as config.augmentation says and normalised.
+
+  The random draws are made for the whole global batch, then `select` keeps this
+  device's, so the augmentation does not depend on the number of devices.
+  """
+  augmentation = config.get("augmentation", "pad_crop_flip")
+  if augmentation == "pad_crop_flip":
+    offsets, flips = sample_augmentation(key, global_batch, config.crop_padding, config.random_flip)
+    return pad_crop_flip(normalize(images, mean_image), select(offsets), select(flips), config.crop_padding)
+  if augmentation != "random_resized_crop":
+    raise ValueError(f"dataset.augmentation must be one of {AUGMENTATIONS}; got {augmentation!r}.")
+  box_key, flip_key = jax.random.split(key)
+  boxes = sample_crop_boxes(box_key, global_batch, images.shape[1])
+  flips = select(jax.random.bernoulli(flip_key, 0.5, (global_batch,)) & config.random_flip)
+  cropped = crop_and_resize(images, select(boxes), config.image_size)
+  cropped = jnp.where(flips[:, None, None, None], cropped[:, :, ::-1, :], cropped)
+  return normalize(cropped, mean_image)
+
+
+def eval_images(images: jax.Array, mean_image: jax.Array, image_size: int) -> jax.Array:
+  """Evaluation's view of stored uint8 images: normalised, centre-cropped to image_size if set."""
+  if image_size and images.shape[1] > image_size:
+    top, left = (images.shape[1] - image_size) // 2, (images.shape[2] - image_size) // 2
+    images = images[:, top:top + image_size, left:left + image_size]
+  return normalize(images, mean_image)

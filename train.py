@@ -208,13 +208,10 @@ def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key_data
   local_batch = global_batch // num_devices
   start = jax.lax.axis_index(AXIS) * local_batch
   indices = input_pipeline.global_batch_indices(order_key, step, len(data["label"]), global_batch)
-  offsets, flips = input_pipeline.sample_augmentation(
-      jax.random.fold_in(augment_key, step), global_batch, config.dataset.crop_padding,
-      config.dataset.random_flip)
   mine = lambda x: jax.lax.dynamic_slice_in_dim(x, start, local_batch)
   local = mine(indices)
-  images = input_pipeline.normalize(data["image"][local], data["mean"])
-  images = input_pipeline.pad_crop_flip(images, mine(offsets), mine(flips), config.dataset.crop_padding)
+  images = input_pipeline.augment(data["image"][local], data["mean"], jax.random.fold_in(augment_key, step),
+                                  config.dataset, global_batch, mine)
   batch = {"image": images, "label": data["label"][local]}
   rng = jax.random.fold_in(jax.random.fold_in(dropout_key, step), jax.lax.axis_index(AXIS))
   return train_step(state, batch, rng, aux_loss_weight=config.aux_loss_weight,
@@ -310,7 +307,8 @@ def per_seed_metrics(values: dict[str, Any], config: ml_collections.ConfigDict) 
   return metrics
 
 
-def eval_on_device(state: TrainState, split: dict[str, jax.Array], mean: jax.Array) -> dict[str, jax.Array]:
+def eval_on_device(state: TrainState, split: dict[str, jax.Array], mean: jax.Array, *,
+                   image_size: int = 0) -> dict[str, jax.Array]:
   """Summed loss, errors and count over this device's share of a split, summed over devices.
 
   `split` holds [chunks, chunk_size, ...] arrays and a mask that is 0 on the padding.
@@ -318,7 +316,7 @@ def eval_on_device(state: TrainState, split: dict[str, jax.Array], mean: jax.Arr
   variables = {"params": state.params, "batch_stats": state.batch_stats}
 
   def chunk_sums(totals, chunk):
-    logits = state.apply_fn(variables, input_pipeline.normalize(chunk["image"], mean), train=False)
+    logits = state.apply_fn(variables, input_pipeline.eval_images(chunk["image"], mean, image_size), train=False)
     loss, error = loss_and_error(logits, chunk["label"])
     sums = {"loss": (loss * chunk["mask"]).sum(), "errors": (error * chunk["mask"]).sum(),
             "count": chunk["mask"].sum()}
@@ -357,7 +355,8 @@ def make_evaluator(replicas: parallel.Replicas, splits: dict[str, input_pipeline
 
   The splits go to the devices once, each device holding its share.
   """
-  on_device = over_seeds(eval_on_device, config, in_axes=(0, None, None))
+  on_device = over_seeds(functools.partial(eval_on_device, image_size=config.dataset.get("image_size", 0)),
+                         config, in_axes=(0, None, None))
   eval_fn = replicas.parallelize(on_device, sharded_argnums=(1,))
   data = {name: replicas.shard(shard_for_eval(split, replicas.count, config.eval_batch_size))
           for name, split in splits.items()}
@@ -445,7 +444,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpts = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
   try:
     state, record = restore_or_start(
-        config, ckpts, create_train_state(config, model, init_key, dataset.train.images.shape[1:]))
+        config, ckpts, create_train_state(config, model, init_key, input_pipeline.input_shape(
+            config.dataset, dataset.train.images.shape[1:])))
     first_step = step_of(state)
     if first_step >= config.total_steps:
       if "final" not in record:

@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.cache_dir = "~/.cache/depthlab"  # decoded uint8 arrays are cached here; "" turns it off
   config.dataset.crop_padding = 4  # zero-pad each side by this, then crop back at random
   config.dataset.random_flip = True  # horizontal flip with probability 1/2
+  config.dataset.test_split = "test"  # the split reported as test_* (imagenette: "validation")
+  config.dataset.image_size = 0  # ImageNet-sized input: the net sees image_size^2 crops of images stored at 8/7 of it; 0: as stored
+  config.dataset.augmentation = "pad_crop_flip"  # CIFAR's; "random_resized_crop": ImageNet's (needs image_size)
 
   config.batch_size = 128  # global: split evenly over all devices of all processes
   config.total_steps = 64_000  # training iterations

@@ -88,6 +88,14 @@ def test_net_configs_name_registered_nets_with_the_default_recipe_fields():
     assert set(base) == set(config) and config.dataset == base.dataset, name
 
 
+def test_the_imagenette_config_is_the_paper_s_resnet50_on_imagenet_sized_input():
+  config = net_config("resnet50_imagenette")
+  assert set(default.get_config()) == set(config) and dict(config.model) == {"name": "resnet50"}
+  assert (config.dataset.image_size, config.dataset.augmentation) == (224, "random_resized_crop")
+  assert config.dataset.test_split == "validation" and config.batch_size == 256
+  assert max(config.lr_boundaries) < config.total_steps
+
+
 @pytest.fixture
 def tiny_mock_cifar10():
   """16 mock images per split: enough for a step and an evaluation of a big net."""

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 import input_pipeline
 from configs import default
@@ -98,6 +99,74 @@ def test_cache_returns_the_same_arrays(mock_cifar10, tmp_path):
   second = input_pipeline.load_split("cifar10", "test", str(tmp_path / "tfds"), str(tmp_path / "cache"))
   np.testing.assert_array_equal(first.images, second.images)
   np.testing.assert_array_equal(first.labels, second.labels)
+
+
+# ---------------------------------------------------------------- ImageNet-sized input
+
+
+def test_resize_and_center_crop_keeps_the_middle_of_the_shorter_side():
+  image = np.zeros((40, 80, 3), np.uint8)
+  image[:, 10:70] = 255  # white in the middle, black at the left and right ends
+  out = input_pipeline.resize_and_center_crop(image, 20)  # 20x40, then its central 20x20: white
+  assert out.shape == (20, 20, 3) and out.min() == 255
+  np.testing.assert_array_equal(input_pipeline.resize_and_center_crop(image, 40), image[:, 20:60])  # no resize
+  assert input_pipeline.resize_and_center_crop(np.zeros((9, 7, 3), np.uint8), 16).shape == (16, 16, 3)
+
+
+def test_random_crop_boxes_lie_inside_the_image_with_the_asked_areas_and_ratios():
+  boxes = np.asarray(input_pipeline.sample_crop_boxes(jax.random.key(0), 4096, 256))
+  top, left, height, width = boxes.T
+  assert (top >= 0).all() and (left >= 0).all()
+  assert (top + height <= 256 + 1e-3).all() and (left + width <= 256 + 1e-3).all()
+  area = height * width / 256**2
+  assert area.min() >= 0.08 * 0.99 and area.max() <= 1.0 + 1e-6 and 0.4 < np.median(area) < 0.6
+  uncut = (height < 256) & (width < 256)
+  ratio = (width / height)[uncut]
+  assert ratio.min() >= 3 / 4 - 1e-4 and ratio.max() <= 4 / 3 + 1e-4
+
+
+def test_crop_and_resize_of_the_whole_image_is_a_resize_and_of_a_corner_a_zoom():
+  image = jax.random.uniform(jax.random.key(0), (1, 16, 16, 3)) * 255
+  whole = input_pipeline.crop_and_resize(image, jnp.array([[0.0, 0.0, 16.0, 16.0]]), 8)
+  np.testing.assert_allclose(whole, jax.image.resize(image, (1, 8, 8, 3), "linear", antialias=False), atol=1e-3)
+  corner = input_pipeline.crop_and_resize(image, jnp.array([[0.0, 0.0, 8.0, 8.0]]), 8)
+  np.testing.assert_allclose(corner, image[:, :8, :8], atol=1e-3)  # 8x8 to 8x8: the pixels themselves
+
+
+def test_evaluation_sees_the_centre_crop():
+  images = np.arange(2 * 6 * 6 * 3, dtype=np.uint8).reshape(2, 6, 6, 3)
+  out = input_pipeline.eval_images(jnp.asarray(images), jnp.zeros(3), 4)
+  np.testing.assert_allclose(out, images[:, 1:5, 1:5] / 255.0, rtol=1e-6)
+  assert input_pipeline.eval_images(jnp.asarray(images), jnp.zeros(3), 0).shape == (2, 6, 6, 3)
+
+
+def imagenette_config(tiny_config):
+  config = tiny_config
+  config.dataset.name, config.dataset.test_split = "imagenette/160px-v2", "validation"
+  config.dataset.image_size, config.dataset.augmentation = 28, "random_resized_crop"
+  return config
+
+
+def test_imagenette_loads_at_8_7_of_the_image_size_with_a_per_channel_mean(tiny_config):
+  with tfds.testing.mock_data(num_examples=20):  # random images of random sizes
+    dataset = input_pipeline.load_dataset(imagenette_config(tiny_config).dataset)
+  assert dataset.train.images.shape == (20, 32, 32, 3) and dataset.eval_splits["test"].images.shape[1:] == (32, 32, 3)
+  assert dataset.mean_image.shape == (3,) and dataset.num_classes == 10
+  assert input_pipeline.input_shape(tiny_config.dataset, dataset.train.images.shape[1:]) == (28, 28, 3)
+
+
+def test_random_resized_crops_do_not_depend_on_the_number_of_devices():
+  config = default.get_config().dataset
+  config.image_size, config.augmentation = 8, "random_resized_crop"
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 9, 9, 3), np.uint8))
+  key, mean = jax.random.key(1), jnp.full(3, 0.5)
+  whole = input_pipeline.augment(images, mean, key, config, 4, lambda x: x)
+  halves = [input_pipeline.augment(images[i:i + 2], mean, key, config, 4, lambda x, i=i: x[i:i + 2]) for i in (0, 2)]
+  assert whole.shape == (4, 8, 8, 3)
+  np.testing.assert_allclose(np.concatenate(halves), whole, rtol=1e-6)
+  config.augmentation = "cutout"
+  with pytest.raises(ValueError, match="dataset.augmentation must be one of"):
+    input_pipeline.augment(images, mean, key, config, 4, lambda x: x)
 
 
 def test_data_dir_comes_from_config_then_environment(monkeypatch):

@@ -9,9 +9,11 @@ import sys
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
+import tensorflow_datasets as tfds
 
 import train
 from writers import read_metrics
@@ -234,6 +236,18 @@ def test_several_seeds_on_several_devices_match_one_device(mock_cifar10, tiny_co
     finals[n] = train.train_and_evaluate(tiny_config, str(tmp_path / str(n)))
   for key in ("seed0/train_loss", "seed1/train_loss", "test_loss"):
     np.testing.assert_allclose(finals[4][key], finals[1][key], rtol=2e-4)
+
+
+def test_an_imagenet_resnet_trains_and_evaluates_on_imagenette_sized_input(tiny_config, tmp_path):
+  """The ImageNet pipeline end to end on mock imagenette: random-resized crops, centre-crop eval."""
+  tiny_config.model = ml_collections.ConfigDict({"name": "resnet18"})
+  tiny_config.dataset.name, tiny_config.dataset.test_split = "imagenette/160px-v2", "validation"
+  tiny_config.dataset.image_size, tiny_config.dataset.augmentation = 32, "random_resized_crop"
+  tiny_config.batch_size, tiny_config.eval_batch_size, tiny_config.total_steps = 4, 8, 2
+  tiny_config.log_every_steps = tiny_config.eval_every_steps = 2
+  with tfds.testing.mock_data(num_examples=16):
+    final = train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert final["test_examples"] == 16 and np.isfinite(final["train_loss"]) and final["num_params"] == 11_181_642
 
 
 def test_batch_that_does_not_divide_over_devices_is_an_error(tiny_config, tmp_path):
