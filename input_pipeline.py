@@ -166,6 +166,7 @@ def load_split(name: str, split: str, data_dir: str, cache_dir: str = "", size: 
 
 def load_dataset(config: Any) -> Dataset:
   """Loads the train and eval splits named by `config` (the config's `dataset` field)."""
+  check_augmentation(config)
   data_dir = resolve_data_dir(config.data_dir)
   start, size = time.time(), stored_size(config)
   try:
@@ -242,6 +243,18 @@ def pad_crop_flip(images: jax.Array, offsets: jax.Array, flips: jax.Array, paddi
 AUGMENTATIONS = ("pad_crop_flip", "random_resized_crop")
 
 
+def check_augmentation(config: Any) -> None:
+  """The augmentation must fit the image size: random-resized crops need one, CIFAR's crops none."""
+  augmentation, image_size = config.get("augmentation", "pad_crop_flip"), config.get("image_size", 0)
+  if augmentation not in AUGMENTATIONS:
+    raise ValueError(f"dataset.augmentation must be one of {AUGMENTATIONS}; got {augmentation!r}.")
+  if (augmentation == "random_resized_crop") != bool(image_size):
+    raise ValueError(
+        f"dataset.augmentation={augmentation!r} with dataset.image_size={image_size}: random_resized_crop "
+        "needs an image size (e.g. --config.dataset.image_size=224), pad_crop_flip keeps the images' own "
+        "(--config.dataset.image_size=0).")
+
+
 def input_shape(config: Any, stored_shape: tuple[int, ...]) -> tuple[int, ...]:
   """The network's input [H, W, C]: image_size square when set, else the images as stored."""
   image_size = config.get("image_size", 0)
@@ -275,7 +288,8 @@ def crop_and_resize(images: jax.Array, boxes: jax.Array, out_size: int) -> jax.A
 
 def augment(images: jax.Array, mean_image: jax.Array, key: jax.Array, config: Any, global_batch: int,
             select: Callable[[jax.Array], jax.Array]) -> jax.Array:
-  """This device's training images (uint8), augmented as config.augmentation says and normalised.
+  """This device's training images (uint8), augmented as config.augmentation says and normalised
+  (`check_augmentation` has checked the config).
 
   The random draws are made for the whole global batch, then `select` keeps this
   device's, so the augmentation does not depend on the number of devices.
@@ -284,8 +298,6 @@ def augment(images: jax.Array, mean_image: jax.Array, key: jax.Array, config: An
   if augmentation == "pad_crop_flip":
     offsets, flips = sample_augmentation(key, global_batch, config.crop_padding, config.random_flip)
     return pad_crop_flip(normalize(images, mean_image), select(offsets), select(flips), config.crop_padding)
-  if augmentation != "random_resized_crop":
-    raise ValueError(f"dataset.augmentation must be one of {AUGMENTATIONS}; got {augmentation!r}.")
   box_key, flip_key = jax.random.split(key)
   boxes = sample_crop_boxes(box_key, global_batch, images.shape[1])
   flips = select(jax.random.bernoulli(flip_key, 0.5, (global_batch,)) & config.random_flip)

@@ -166,7 +166,16 @@ def test_random_resized_crops_do_not_depend_on_the_number_of_devices():
   np.testing.assert_allclose(np.concatenate(halves), whole, rtol=1e-6)
   config.augmentation = "cutout"
   with pytest.raises(ValueError, match="dataset.augmentation must be one of"):
-    input_pipeline.augment(images, mean, key, config, 4, lambda x: x)
+    input_pipeline.check_augmentation(config)
+
+
+def test_an_augmentation_that_does_not_fit_the_image_size_is_an_error_naming_the_fix(tiny_config):
+  tiny_config.dataset.augmentation = "random_resized_crop"
+  with pytest.raises(ValueError, match="needs an image size"):
+    input_pipeline.load_dataset(tiny_config.dataset)
+  tiny_config.dataset.augmentation, tiny_config.dataset.image_size = "pad_crop_flip", 224
+  with pytest.raises(ValueError, match="--config.dataset.image_size=0"):
+    input_pipeline.load_dataset(tiny_config.dataset)
 
 
 def test_data_dir_comes_from_config_then_environment(monkeypatch):
