@@ -32,10 +32,10 @@ def send_sigterm_at(step: int) -> None:
   import train  # pylint: disable=g-import-not-at-top
   summarize = train.summarize
 
-  def summarize_then_signal(window, replicas, at_step):
+  def summarize_then_signal(window, replicas, at_step, *args):
     if at_step == step:
       os.kill(os.getpid(), signal.SIGTERM)
-    return summarize(window, replicas, at_step)
+    return summarize(window, replicas, at_step, *args)
   train.summarize = summarize_then_signal
 
 
