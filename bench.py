@@ -44,6 +44,7 @@ from ml_collections import config_flags
 
 import input_pipeline
 import nets
+from nets import cpu_conv
 import parallel
 import train
 import writers
@@ -369,6 +370,7 @@ def write_json(result: Any, path: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cpu_conv.use_fast_xla_cpu_flags()
   result = run_benchmark(FLAGS.config, options_from_flags(FLAGS))
   print(format_table(result), flush=True)
   if FLAGS.out:

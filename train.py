@@ -551,6 +551,7 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cpu_conv.use_fast_xla_cpu_flags()
   if not FLAGS["verbosity"].present:  # orbax logs each save at INFO; keep the console to progress
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config

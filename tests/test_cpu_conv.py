@@ -1,5 +1,11 @@
 """nets/cpu_conv.py: the weight gradient by patches equals lax's, and the mode picks the path."""
 
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +15,7 @@ from jax import lax
 from nets import cpu_conv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def gradients(conv, x, w, strides, padding, **kw):
@@ -80,3 +87,34 @@ def test_the_mode_picks_the_weight_gradient():
   with pytest.raises(ValueError, match="conv_weight_grad must be one of"):
     with cpu_conv.weight_grad("fast"):
       pass
+
+
+def test_fast_xla_cpu_flags_are_added_once_and_leave_the_users_own(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  cpu_conv.use_fast_xla_cpu_flags()
+  cpu_conv.use_fast_xla_cpu_flags()
+  assert os.environ["XLA_FLAGS"].split() == [
+      "--xla_force_host_platform_device_count=2", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"]
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+  cpu_conv.use_fast_xla_cpu_flags()
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def test_installed_xla_accepts_the_flags_and_keeps_convolutions_from_ynnpack():
+  # A fresh process: the flags take effect only before JAX starts its backend, and an
+  # XLA that no longer knows one would abort there.
+  script = textwrap.dedent("""
+      import jax, jax.numpy as jnp
+      from jax import lax
+      from nets import cpu_conv
+      cpu_conv.use_fast_xla_cpu_flags()
+      conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=cpu_conv.NHWC)
+      hlo = jax.jit(conv).lower(jnp.ones((128, 8, 8, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text()
+      # Without the flags, this layer of ResNet-56 is one `ynn_fusion` (jax 0.10).
+      print("ynn fusions:", sum("ynn" in line for line in hlo.splitlines()))
+      """)
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "ynn fusions: 0" in done.stdout
