@@ -1,4 +1,4 @@
-"""A convolution whose weight gradient runs fast on XLA's CPU backend.
+"""Convolutions that run fast on XLA's CPU backend: a weight gradient by patches, and XLA's flags.
 
 The nets' convolutions (`layers.conv_factory`) call `conv_general_dilated` here instead of
 `lax.conv_general_dilated`. The forward pass and the input gradient are lax's. The
@@ -13,6 +13,9 @@ this gradient is a convolution with the whole feature map as its kernel, which r
 3-10x slower than the forward convolution on a CIFAR ResNet's layers (16 channels at
 32x32 the worst); the gradient by patches runs 2-7x faster than XLA's (see the README's
 Benchmarks section). On GPU and TPU the vendors' libraries are fast, so there it is lax's.
+
+`use_fast_xla_cpu_flags()` keeps XLA's CPU convolutions its own rather than YNNPACK's
+(XLA_CPU_FLAGS); the entry points call it before JAX starts.
 
 `weight_grad(mode)` chooses for the code traced inside it: "auto" (patches on CPU, lax
 elsewhere), "patches" or "lax". train.py traces the model under config.conv_weight_grad.
