@@ -33,6 +33,7 @@ import checkpoints
 import input_pipeline
 import parallel
 import train
+from nets import cpu_conv
 import writers
 from configs import default
 
@@ -348,6 +349,7 @@ def compare(sources: Sequence[str], out: str | None = None, step: int | None = N
 
 
 def main(argv):
+  cpu_conv.use_fast_xla_cpu_flags()
   if len(argv) > 1 and argv[1] == "compare":
     if len(argv) < 3:
       raise app.UsageError("compare needs run folders or wandb sweep paths, e.g. eval.py compare runs/plain_vs_residual")

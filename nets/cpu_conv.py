@@ -50,7 +50,7 @@ XLA_CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolutio
 def use_fast_xla_cpu_flags() -> None:
   """Adds XLA_CPU_FLAGS to $XLA_FLAGS, leaving any of them the user set alone.
 
-  Call it before JAX starts its backends (train.py and bench.py do so first thing in main).
+  Call it before JAX starts its backends (train.py, eval.py and bench.py do so first thing in main).
   """
   flags = os.environ.get("XLA_FLAGS", "")
   added = [f"--{name}={value}" for name, value in XLA_CPU_FLAGS.items() if f"--{name}" not in flags]
