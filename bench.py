@@ -12,7 +12,8 @@ config.num_seeds seeds) run on the devices by `parallel.Replicas.parallelize`, a
 set of CIFAR-10's shape (`--real_data`: the real one). After the first dispatch (which
 compiles) and one untimed dispatch more, `--windows` windows of `--steps_per_window` steps
 are timed and the medians reported. With `--torch`, each of our windows is followed by one
-window of each PyTorch variant (benchmarks/torch_resnet.py), so that a drift in the
+window of each PyTorch variant (benchmarks/torch_resnet.py, each in a process of its
+own), so that a drift in the
 machine's speed reaches both sides alike, and the ratio ours / PyTorch is taken per window.
 
 Batch, dtype, steps per dispatch, seeds and devices are config fields: --config.batch_size,
@@ -32,6 +33,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 from typing import Any, Protocol
 
@@ -191,54 +193,50 @@ def check_torch_installed() -> None:
 
 
 class TorchStep:
-  """The PyTorch baseline's step on one fixed random batch, ready to time.
+  """The PyTorch baseline (benchmarks/torch_resnet.py) in a process of its own, ready to time.
 
-  It runs on the GPU when ours does (and PyTorch sees one), else on the CPU. It has no
-  data pipeline: its batch is made once, where ours is gathered and augmented every step.
+  Its own process, so that the two frameworks' thread pools, allocators and GPU memory pools
+  never share one. On the 2-core CPU a PyTorch process, even an idle one, still costs our step
+  5-15% (ResNet-56: 63-68 images/s alone, 56-58 beside it; cause not found), and the ratios
+  include that, to our disadvantage. It runs on the GPU when ours does.
   """
 
   def __init__(self, variant: str, config: ml_collections.ConfigDict, num_classes: int):
-    import torch  # pylint: disable=g-import-not-at-top
-    from benchmarks import torch_resnet  # pylint: disable=g-import-not-at-top
     if config.model.name != "cifar_resnet":
       raise ValueError(f"The PyTorch baseline is the CIFAR ResNet only; model.name is {config.model.name!r}.")
-    self.torch = torch
-    on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
-    self.device = torch.device("cuda" if on_gpu else "cpu")
-    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-    torch.manual_seed(config.seed)
     channels_last, bf16 = TORCH_VARIANTS[variant]
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = torch_resnet.CifarResNet(config.model.depth, config.model.residual, config.model.shortcut,
-                                     num_classes).to(self.device, memory_format=memory_format)
-    self.num_params = torch_resnet.count_params(model)
-    optimizer = torch_resnet.create_optimizer(model, config.learning_rate, config.momentum,
-                                              config.weight_decay)
-    self.step = torch_resnet.make_train_step(model, optimizer, torch.bfloat16 if bf16 else None)
-    height, width, channels = CIFAR_IMAGE_SHAPE
-    self.images = torch.randn(config.batch_size, channels, height, width, device=self.device
-                              ).contiguous(memory_format=memory_format)
-    self.labels = torch.randint(0, num_classes, (config.batch_size,), device=self.device)
+    self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.torch_resnet"], text=True,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    cwd=os.path.dirname(os.path.abspath(__file__)))
+    built = self.ask(
+        depth=config.model.depth, residual=config.model.residual, shortcut=config.model.shortcut,
+        num_classes=num_classes, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        momentum=config.momentum, weight_decay=config.weight_decay, seed=config.seed,
+        channels_last=channels_last, bf16=bf16, gpu=jax.default_backend() == "gpu")
+    self.device, self.num_params, self.version = built["device"], built["num_params"], built["version"]
     self.loss = None
     self.peak_bytes = None
 
+  def ask(self, **request: Any) -> dict[str, Any]:
+    self.process.stdin.write(json.dumps(request) + "\n")
+    self.process.stdin.flush()
+    answer = self.process.stdout.readline()
+    if not answer:
+      raise RuntimeError(f"The PyTorch process exited with status {self.process.wait()}; its error is above.")
+    return json.loads(answer)
+
   def run(self, steps: int) -> float:
-    on_gpu = self.device.type == "cuda"
-    if on_gpu:  # the variants share the process: count what this one allocates while it runs
-      self.torch.cuda.reset_peak_memory_stats(self.device)
-    start = time.perf_counter()
-    for _ in range(steps):
-      self.loss = self.step(self.images, self.labels)
-    if on_gpu:  # kernels run asynchronously: wait for the last one
-      self.torch.cuda.synchronize(self.device)
-    seconds = time.perf_counter() - start
-    if on_gpu:
-      self.peak_bytes = max(self.peak_bytes or 0, self.torch.cuda.max_memory_allocated(self.device))
-    return seconds
+    ran = self.ask(steps=steps)
+    self.loss, self.peak_bytes = ran["loss"], ran["peak_bytes"]
+    return ran["seconds"]
 
   def peak_device_bytes(self) -> int | None:
-    """The GPU memory allocated at the peak of this variant's runs (the others' resident state included)."""
+    """The GPU memory its process allocated at the peak of its runs."""
     return self.peak_bytes
+
+  def close(self) -> None:
+    self.process.stdin.close()  # the end of its requests: it exits
+    self.process.wait()
 
 
 # ---------------------------------------------------------------------------- the benchmark
@@ -271,15 +269,20 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
     check_torch_installed()  # now, not after compiling ours
   ours = OurStep(config, options)
   first_dispatch = warm_up(ours, config.steps_per_dispatch)
-  ours_peak_host = peak_host_bytes()  # before PyTorch is imported: ours alone
-  baselines = {v: TorchStep(v, config, ours.num_classes) for v in options.torch_variants}
-  first_steps = {v: warm_up(b, 1) for v, b in baselines.items()}
-
-  seconds = {name: [] for name in [OURS, *baselines]}
-  for _ in range(options.windows):
-    seconds[OURS].append(ours.run(options.steps_per_window))
-    for variant, baseline in baselines.items():
-      seconds[variant].append(baseline.run(options.steps_per_window))
+  ours_peak_host = peak_host_bytes()
+  baselines = {}
+  try:
+    for variant in options.torch_variants:
+      baselines[variant] = TorchStep(variant, config, ours.num_classes)
+    first_steps = {v: warm_up(b, 1) for v, b in baselines.items()}
+    seconds = {name: [] for name in [OURS, *baselines]}
+    for _ in range(options.windows):
+      seconds[OURS].append(ours.run(options.steps_per_window))
+      for variant, baseline in baselines.items():
+        seconds[variant].append(baseline.run(options.steps_per_window))
+  finally:
+    for baseline in baselines.values():
+      baseline.close()
 
   measured = throughput(seconds[OURS], options.steps_per_window, config.batch_size * config.num_seeds)
   seconds_per_dispatch = measured["ms_per_step"] * config.steps_per_dispatch / 1000
@@ -315,9 +318,9 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
   for variant, baseline in baselines.items():
     theirs = throughput(seconds[variant], options.steps_per_window, config.batch_size)
     ratios = [s / ours_s for ours_s, s in zip(seconds[OURS], seconds[variant])]  # = images/s ratio
-    result["versions"]["torch"] = baseline.torch.__version__
+    result["versions"]["torch"] = baseline.version
     result["torch"][variant] = {
-        **theirs, "device": str(baseline.device), "num_params": baseline.num_params,
+        **theirs, "device": baseline.device, "num_params": baseline.num_params,
         "first_step_s": first_steps[variant], "peak_device_bytes": baseline.peak_device_bytes(),
         "train_loss": float(baseline.loss),
         "ours_over_torch": ratios, "ours_over_torch_median": statistics.median(ratios)}

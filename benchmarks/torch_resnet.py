@@ -9,10 +9,17 @@ Same layers, so the same parameter count as ours at every depth.
 
 PyTorch is an optional dependency (benchmarks/requirements-torch.txt): train.py and
 the tests never need it.
+
+bench.py runs this side in a process of its own, `python -m benchmarks.torch_resnet`,
+which builds one variant and times its steps on request (`serve`, below).
 """
 
 import contextlib
-from typing import Callable
+import json
+import os
+import sys
+import time
+from typing import IO, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -123,3 +130,76 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.step()
     return loss.detach()
   return step
+
+
+# ------------------------------------------------------------------- bench.py's PyTorch process
+
+
+class TimedStep:
+  """One variant's train step on one fixed random batch, ready to time.
+
+  It runs on the GPU when asked to and PyTorch sees one, else on the CPU. It has no data
+  pipeline: its batch is made once, where bench.py's is gathered and augmented every step.
+  """
+
+  def __init__(self, depth: int, residual: bool, shortcut: str, num_classes: int, batch_size: int,
+               learning_rate: float, momentum: float, weight_decay: float, seed: int,
+               channels_last: bool, bf16: bool, gpu: bool):
+    self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    torch.manual_seed(seed)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = CifarResNet(depth, residual, shortcut, num_classes).to(self.device, memory_format=memory_format)
+    self.num_params = count_params(model)
+    optimizer = create_optimizer(model, learning_rate, momentum, weight_decay)
+    self.step = make_train_step(model, optimizer, torch.bfloat16 if bf16 else None)
+    self.images = torch.randn(batch_size, 3, 32, 32, device=self.device).contiguous(memory_format=memory_format)
+    self.labels = torch.randint(0, num_classes, (batch_size,), device=self.device)
+    self.loss = None
+    self.peak_bytes = None
+
+  def run(self, steps: int) -> float:
+    """Runs `steps` steps; returns their seconds."""
+    on_gpu = self.device.type == "cuda"
+    if on_gpu:
+      torch.cuda.reset_peak_memory_stats(self.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.loss = self.step(self.images, self.labels)
+    if on_gpu:  # kernels run asynchronously: wait for the last one
+      torch.cuda.synchronize(self.device)
+    seconds = time.perf_counter() - start
+    if on_gpu:
+      self.peak_bytes = max(self.peak_bytes or 0, torch.cuda.max_memory_allocated(self.device))
+    return seconds
+
+
+def serve(requests: IO[str], replies: IO[str]) -> None:
+  """Answers bench.py, one JSON line per request, until `requests` ends.
+
+  The first request holds TimedStep's arguments and is answered with what was built
+  (device, parameter count, PyTorch's version); each later one, {"steps": N}, runs N steps
+  and is answered with their seconds, the last loss and the GPU's peak allocation.
+  """
+  timed = TimedStep(**json.loads(requests.readline()))
+  reply(replies, device=str(timed.device), num_params=timed.num_params, version=torch.__version__)
+  for line in requests:
+    seconds = timed.run(json.loads(line)["steps"])
+    reply(replies, seconds=seconds, loss=float(timed.loss), peak_bytes=timed.peak_bytes)
+
+
+def reply(replies: IO[str], **fields: Any) -> None:
+  replies.write(json.dumps(fields) + "\n")
+  replies.flush()
+
+
+def main() -> None:
+  # The replies get their own copy of stdout; whatever else writes to stdout, Python or a
+  # library's C code, goes to stderr and cannot break a reply.
+  replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+  os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+  serve(sys.stdin, replies)
+
+
+if __name__ == "__main__":
+  main()

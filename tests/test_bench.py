@@ -6,6 +6,7 @@ benchmarks/requirements-torch.txt).
 
 import importlib.util
 import json
+import os
 
 import jax
 import numpy as np
@@ -131,6 +132,17 @@ def test_bench_times_pytorch_alternately_and_reports_the_ratio_per_window(tmp_pa
     assert f"ours / torch {variant}" in table
 
 
+@requires_torch
+def test_pytorch_runs_in_a_process_of_its_own_that_times_steps_and_exits_when_closed():
+  config, _, _ = bench.parse_command_line(TINY)
+  baseline = bench.TorchStep("fp32", config, num_classes=10)
+  assert baseline.num_params == 75_290 and baseline.device == "cpu"
+  assert baseline.run(2) > 0 and np.isfinite(baseline.loss)
+  assert baseline.process.pid != os.getpid() and baseline.process.poll() is None
+  baseline.close()
+  assert baseline.process.returncode == 0
+
+
 def test_summary_table_has_a_row_per_run_naming_its_seeds(tmp_path):
   from benchmarks import summarize  # pylint: disable=g-import-not-at-top
   result, _ = run_tiny(tmp_path)
@@ -138,3 +150,10 @@ def test_summary_table_has_a_row_per_run_naming_its_seeds(tmp_path):
   assert [cell.strip() for cell in rows[0][1:5]] == ["net", "dtype", "steps/dispatch", "seeds"]
   assert [row[4].strip() for row in rows[2:]] == ["1", "4"]
   assert all(row[1].strip() == "resnet8" for row in rows[2:])
+
+
+@requires_torch
+def test_a_pytorch_process_that_fails_is_reported_not_waited_for():
+  config, _, _ = bench.parse_command_line([*TINY, "--config.model.depth=9"])  # not 6n+2: it raises there
+  with pytest.raises(RuntimeError, match="PyTorch process exited with status 1"):
+    bench.TorchStep("fp32", config, num_classes=10)
