@@ -12,9 +12,9 @@ config.num_seeds seeds) run on the devices by `parallel.Replicas.parallelize`, a
 set of CIFAR-10's shape (`--real_data`: the real one). After the first dispatch (which
 compiles) and one untimed dispatch more, `--windows` windows of `--steps_per_window` steps
 are timed and the medians reported. With `--torch`, each of our windows is followed by one
-window of each PyTorch variant (benchmarks/torch_resnet.py, each in a process of its
-own), so that a drift in the
-machine's speed reaches both sides alike, and the ratio ours / PyTorch is taken per window.
+window of each PyTorch variant (benchmarks/torch_resnet.py, each in a process of its own),
+so that a drift in the machine's speed reaches both sides alike, and the ratio
+ours / PyTorch is taken per window.
 
 Batch, dtype, steps per dispatch, seeds and devices are config fields: --config.batch_size,
 --config.dtype, --config.steps_per_dispatch, --config.num_seeds, --config.num_devices,
