@@ -12,6 +12,10 @@ ReLU follows batch norm. `residual=False` gives the plain counterpart: the same
 layers without shortcuts. Where a residual block changes the shape, the shortcut is
 option A (subsample by 2 and pad the new channels with zeros: no parameters, the
 paper's choice for CIFAR) or option B (1x1 convolution + batch norm).
+
+Not in the paper: `zero_init_residual` starts the scale of each block's last batch norm
+at zero, so that every residual block begins as the identity (Goyal et al. 2017). Plain
+nets have no equivalent: it would start every block's output at zero.
 """
 
 from typing import Any, Callable
@@ -54,13 +58,14 @@ class BasicBlock(nn.Module):
   shortcut: str
   conv: Callable[..., nn.Module]
   norm: Callable[..., nn.Module]
+  zero_init_residual: bool = False
 
   @nn.compact
   def __call__(self, x):
     y = self.conv(self.features, (3, 3), self.strides)(x)
     y = nn.relu(self.norm()(y))
     y = self.conv(self.features, (3, 3))(y)
-    y = self.norm()(y)
+    y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones)(y)
     if not self.residual:
       return nn.relu(y)
     if x.shape == y.shape:
@@ -78,6 +83,7 @@ class CifarResNet(nn.Module):
   depth: int = 56
   residual: bool = True
   shortcut: str = "A"
+  zero_init_residual: bool = False  # residual blocks start as the identity (not in the paper)
   num_classes: int = 10
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
@@ -89,6 +95,9 @@ class CifarResNet(nn.Module):
     n = blocks_per_stage(self.depth)
     if self.shortcut not in SHORTCUTS:
       raise ValueError(f"model.shortcut must be one of {SHORTCUTS}; got {self.shortcut!r}.")
+    if self.zero_init_residual and not self.residual:
+      raise ValueError("model.zero_init_residual needs a residual net: a plain net's blocks would all start "
+                       "at zero. Set --config.model.zero_init_residual=False for model.residual=False.")
     conv = conv_factory(self.dtype)
     norm = norm_factory(train, self.dtype, self.axis_name, self.bn_momentum, self.bn_epsilon)
 
@@ -98,7 +107,7 @@ class CifarResNet(nn.Module):
     for stage, features in enumerate(STAGE_WIDTHS):
       for block in range(n):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(features, strides, self.residual, self.shortcut, conv, norm,
+        x = BasicBlock(features, strides, self.residual, self.shortcut, conv, norm, self.zero_init_residual,
                        name=f"block{stage * n + block + 1}")(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)

@@ -71,6 +71,23 @@ def test_unknown_shortcut_is_an_error():
     count(depth=20, shortcut="C")
 
 
+def test_zero_init_residual_starts_every_residual_block_as_the_identity():
+  model = nets.create("cifar_resnet", depth=8, zero_init_residual=True)
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(1), x, train=False)
+  assert all(jnp.all(variables["params"][f"block{i}"]["BatchNorm_1"]["scale"] == 0) for i in (1, 2, 3))
+  _, state = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+  seen = state["intermediates"]
+  block_input = jax.nn.relu(seen["stem_bn"]["__call__"][0])
+  assert jnp.array_equal(seen["block1"]["__call__"][0], block_input)  # relu(0 + x) of a post-ReLU x
+  assert count(depth=20, zero_init_residual=True) == PAPER_COUNTS[20]
+
+
+def test_zero_init_residual_on_a_plain_net_is_an_error():
+  with pytest.raises(ValueError, match="zero_init_residual needs a residual net"):
+    count(depth=20, residual=False, zero_init_residual=True)
+
+
 def test_unknown_model_name_lists_the_known_ones():
   with pytest.raises(ValueError, match=r"Unknown model 'resnet9000'.*cifar_resnet"):
     nets.create("resnet9000")
