@@ -30,9 +30,18 @@ class ConfigMismatchError(ValueError):
 
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-  """A saved config with the top-level fields it lacks set to their defaults: a run saved
-  before a field existed was trained as its default says."""
-  return {**default.get_config().to_dict(), **saved}
+  """A saved config with the fields it lacks, at every depth, set to their defaults: a run
+  saved before a field existed was trained as its default says. The model's defaults are
+  those of the default net, so they fill in only a saved model of that net."""
+  defaults = default.get_config().to_dict()
+  if saved.get("model", {}).get("name", defaults["model"]["name"]) != defaults["model"]["name"]:
+    del defaults["model"]
+  return _merged(defaults, saved)
+
+
+def _merged(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+  return {**defaults, **{k: _merged(defaults[k], v) if isinstance(v, dict) and isinstance(defaults.get(k), dict)
+                         else v for k, v in saved.items()}}
 
 
 def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
