@@ -158,6 +158,69 @@ def loss_and_error(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax
   return loss, error
 
 
+CHANCE_LOSS_MARGIN = 0.03  # a dead net's loss sits this close to ln(num_classes) ...
+CHANCE_ERROR_MARGIN = 0.03  # ... and its error this close to 1 - 1/num_classes (it predicts one class)
+
+
+def at_chance(loss: float, error: float, num_classes: int) -> bool:
+  """True if a training loss and error are those of a net that has stopped learning:
+  uniform (or constant) predictions give loss ln(num_classes) and error 1 - 1/num_classes."""
+  return (abs(loss - math.log(num_classes)) < CHANCE_LOSS_MARGIN
+          and error > 1 - 1 / num_classes - CHANCE_ERROR_MARGIN)
+
+
+class TrainingCollapsed(RuntimeError):
+  """A run stopped because its net is at chance (config.stop_on_collapse)."""
+
+
+class CollapseWatch:
+  """Finds a run whose net has stopped learning: training loss and error at chance
+  (`at_chance`) in config.collapse_windows log lines in a row, all after the warm-up.
+
+  A net that blew up in its first steps and came back with dead units predicts one class
+  for every image; before the warm-up ends a fresh net is near chance too, hence the wait.
+  With several seeds each seed is watched on its own.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
+    self.windows_needed = config.collapse_windows
+    self.watch_from = config.warmup_steps + config.log_every_steps  # first window fully after warm-up
+    self.num_classes = num_classes
+    self.prefixes = [""] if config.num_seeds == 1 else [f"seed{s}/" for s in seeds(config)]
+    self.windows_at_chance = {p: 0 for p in self.prefixes}
+
+  def update(self, step: int, line: dict[str, float]) -> list[str]:
+    """Counts this log line; returns the seeds ("" for a one-seed run) that have just been at
+    chance for collapse_windows lines in a row."""
+    if step < self.watch_from:
+      return []
+    newly = []
+    for p in self.prefixes:
+      dead = at_chance(line[f"{p}train_loss"], line[f"{p}train_error"], self.num_classes)
+      self.windows_at_chance[p] = self.windows_at_chance[p] + 1 if dead else 0
+      if self.windows_at_chance[p] == self.windows_needed:
+        newly.append(p)
+    return newly
+
+  def all_dead(self) -> bool:
+    return all(n >= self.windows_needed for n in self.windows_at_chance.values())
+
+
+def collapse_message(config: ml_collections.ConfigDict, who: list[str], step: int, line: dict[str, float],
+                     num_classes: int) -> tuple[str, str]:
+  """The alarm's title and text: what was seen, the likely cause and the fix."""
+  name = run_name(config) + (f" ({', '.join(p.rstrip('/') for p in who)})" if who != [""] else "")
+  p = who[0]
+  first = step - config.collapse_windows * config.log_every_steps + 1
+  title = f"{name} is at chance: its net has stopped learning"
+  text = (f"Training loss {line[f'{p}train_loss']:.3f} (ln {num_classes} = {math.log(num_classes):.3f}) and error "
+          f"{100 * line[f'{p}train_error']:.1f}% over steps {first}-{step}, after the warm-up. Likely cause: the "
+          "first steps at the full learning rate blew the net up and left it predicting one class. Fix: warm up "
+          f"longer (--config.warmup_steps, now {config.warmup_steps}) or lower --config.learning_rate "
+          f"(now {config.learning_rate}); see README, 'The recipe'.")
+  return title, text
+
+
 def block_grad_norms(grads: Any) -> dict[str, jax.Array]:
   """The L2 norm of the gradient of each top-level block of the net, input to output.
 
@@ -490,6 +553,7 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
     ckpts.save(step, copy, json.loads(json.dumps(record, default=list)))
     save_seconds.append(time.perf_counter() - save_start)
 
+  collapse = CollapseWatch(config, dataset.num_classes)
   save_seconds = []  # how long each save held up training (the writing goes on behind it)
   window = []  # the metrics of the steps since the last line, still on the devices
   window_start, window_first_step, seconds_per_step = 0.0, None, 0.0
@@ -524,10 +588,21 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
       if line:
         writer.write(step, line)
         writer.progress(step, line, seconds_per_step)
+      collapsed = collapse.update(step, line) if "train_loss" in line else []
+      if collapsed:
+        writer.alert(*collapse_message(config, collapsed, step, line, dataset.num_classes))
+        writer.summarize({"collapsed_at_step": step})
+      stop_collapsed = config.stop_on_collapse and collapsed and collapse.all_dead() and not last
       signum = agreed_stop_signal(
           preemption, step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0)
-      if (step % config.checkpoint_every_steps == 0 or signum) and not last:
+      if (step % config.checkpoint_every_steps == 0 or signum or stop_collapsed) and not last:
         save(step)
+      if stop_collapsed:
+        ckpts.wait()
+        raise TrainingCollapsed(
+            f"Stopped at step {step} (config.stop_on_collapse): the net is at chance. The checkpoint of step "
+            f"{step} is in {ckpts.directory}; rerun with --config.stop_on_collapse=False to train it on, or "
+            "--config.restart=True with a longer warm-up or a lower learning rate.")
       if signum:
         ckpts.wait()
         writer.mark_preempted()
@@ -555,7 +630,10 @@ def main(argv):
   if not FLAGS["verbosity"].present:  # orbax logs each save at INFO; keep the console to progress
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
-  train_and_evaluate(config, FLAGS.workdir or default_workdir(config))
+  try:
+    train_and_evaluate(config, FLAGS.workdir or default_workdir(config))
+  except TrainingCollapsed as e:
+    raise SystemExit(f"{e}") from None
 
 
 if __name__ == "__main__":

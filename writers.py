@@ -160,6 +160,19 @@ class MetricWriter:
       parts.append(f"ETA {eta}")
     print(" | ".join(parts), flush=True)
 
+  def alert(self, title: str, text: str) -> None:
+    """A warning on the console and, where wandb runs, as a wandb alert (mail or Slack, as the
+    user's wandb settings say) and in the run's summary."""
+    if not self.active:
+      return
+    print(f"WARNING: {title}. {text}", file=sys.stderr, flush=True)
+    if self._wandb_run is not None:
+      try:
+        self._wandb_run.summary["alert"] = title
+        self._wandb_run.alert(title=title, text=text)
+      except Exception as e:  # pylint: disable=broad-except
+        print(f"wandb: alert failed ({e}).", file=sys.stderr, flush=True)
+
   def summarize(self, summary: Mapping[str, Any]) -> None:
     """The run's final numbers, for wandb's summary."""
     if self._wandb_run is not None:

@@ -1,6 +1,6 @@
 """ImageNet ResNet-50 on CIFAR-10: a 3x3/1 conv1 and no max pool, so the four stages run at
-32, 16, 8 and 4 pixels; the CIFAR recipe of He et al. 2015 otherwise, with its warm-up for
-deep nets (0.01 for 400 steps): at 0.1 from the start the loss rose to 28 in the first steps."""
+32, 16, 8 and 4 pixels; the CIFAR recipe of configs/default.py otherwise, with its warm-up
+(0.01 for 400 steps): at 0.1 from the start the loss rose to 28 in the first steps."""
 
 import ml_collections
 
@@ -10,5 +10,4 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.model = ml_collections.ConfigDict({"name": "resnet50", "cifar_stem": True})
-  config.warmup_steps = 400
   return config

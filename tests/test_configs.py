@@ -39,7 +39,7 @@ def test_default_is_the_papers_recipe():
 def test_one_config_per_net_and_depth(kind, depth):
   config = importlib.import_module(f"configs.{kind}{depth}").get_config()
   assert config.model.depth == depth and config.model.residual == (kind == "resnet")
-  assert config.warmup_steps == (400 if depth == 110 else 0)
+  assert config.warmup_steps == 400  # every depth, plain or residual: the same recipe
 
 
 def test_the_names_other_tools_rely_on_exist():

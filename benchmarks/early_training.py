@@ -1,0 +1,142 @@
+"""The first steps of training at every depth: does a recipe blow up, does the net die?
+
+    python -m benchmarks.early_training --config.warmup_steps=0                 # the paper's recipe
+    python -m benchmarks.early_training                                         # configs/default.py's
+    python -m benchmarks.early_training --depths=56,110 --residual=true --steps=200
+
+For each net (plain and residual, at each of --depths) it trains seeds config.seed ..
+config.seed + config.num_seeds - 1 side by side on the real training set for --steps
+steps, with train.py's own step (bench.OurStep), and keeps every step's training loss
+and error. Per run it reports the loss at initialisation (step 1's loss is computed
+before its update), the largest loss over steps 1-20, the mean loss and error over the
+last 10 steps, and whether the net is at chance there (train.at_chance: the loss of
+uniform predictions, the error of one class guessed for all).
+
+Every net's curves are appended to --out as one JSON line as soon as it finishes: a
+command that is stopped and run again skips the nets already there with the same
+config, so a long measurement can span several sittings. Any config field can be set
+after --config, as for train.py; model.depth and model.residual are set per net.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+import bench
+from nets import cpu_conv
+import train
+import writers
+
+EARLY_STEPS = 20  # the window in which the paper's recipe blows up (largest loss over steps 1-20)
+LAST_STEPS = 10  # the window whose means say whether a net is at chance
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file("config", "configs/default.py", "The recipe; depth and residual are set per net.",
+                                  lock_config=True)
+  flags.DEFINE_list("depths", ["20", "56", "110"], "Depths to train (6n+2).")
+  flags.DEFINE_list("residual", ["false", "true"], "Plain (false), residual (true) or both.")
+  flags.DEFINE_integer("steps", 60, "Train steps per net.")
+  flags.DEFINE_string("out", "runs/early_training/default.jsonl",
+                      "JSON lines, one per net: its curves; nets already there are skipped.")
+
+
+def net_config(base: ml_collections.ConfigDict, depth: int, residual: bool) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(base.to_dict())  # a copy that can be changed
+  config.model.depth, config.model.residual = depth, residual
+  return config
+
+
+def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as its JSON line holds it (tuples become lists), to compare with one read back."""
+  return json.loads(json.dumps(config.to_dict(), default=list))
+
+
+def train_curves(config: ml_collections.ConfigDict, steps: int) -> dict[str, np.ndarray]:
+  """Every step's training loss and error of each seed: {"loss": [steps, seeds], "error": ...}."""
+  ours = bench.OurStep(config, bench.Options(real_data=True))
+  losses, errors, start = [], [], time.perf_counter()
+  for step in range(1, steps + 1):
+    ours.run(1)
+    metrics = ours.replicas.to_host(ours.metrics)
+    losses.append(np.reshape(metrics["train_loss"], -1))
+    errors.append(np.reshape(metrics["train_error"], -1))
+    if step % 10 == 0 or step == steps:
+      elapsed = time.perf_counter() - start
+      print(f"  {train.net_name(config)} step {step}/{steps}: loss {np.mean(losses[-1]):.3f} | "
+            f"ETA {writers.format_duration(elapsed / step * (steps - step))}", flush=True)
+  return {"loss": np.array(losses), "error": np.array(errors)}
+
+
+def run_summary(loss: np.ndarray, error: np.ndarray, num_classes: int = 10) -> dict[str, Any]:
+  """One seed's figures from its per-step curves."""
+  last_loss, last_error = float(loss[-LAST_STEPS:].mean()), float(error[-LAST_STEPS:].mean())
+  return {"initial_loss": float(loss[0]), "max_early_loss": float(loss[:EARLY_STEPS].max()),
+          "last_loss": last_loss, "last_error": last_error,
+          "at_chance": train.at_chance(last_loss, last_error, num_classes)}
+
+
+def read_results(path: str) -> list[dict[str, Any]]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+  """A Markdown table: one row per net and seed."""
+  rows = [f"| net | seed | loss at init | max loss, steps 1-{EARLY_STEPS} | loss, last {LAST_STEPS} steps "
+          f"| train error, last {LAST_STEPS} steps | at chance |", "|---|---|---|---|---|---|---|"]
+  for result in results:
+    loss, error = np.array(result["loss"]), np.array(result["error"])
+    for i, seed in enumerate(result["seeds"]):
+      s = run_summary(loss[:, i], error[:, i])
+      rows.append(f"| {result['net']} | {seed} | {s['initial_loss']:.2f} | {s['max_early_loss']:.2f} | "
+                  f"{s['last_loss']:.2f} | {100 * s['last_error']:.1f}% | {'**yes**' if s['at_chance'] else 'no'} |")
+  return "\n".join(rows)
+
+
+def measure(base: ml_collections.ConfigDict, nets_to_train: list[tuple[int, bool]], steps: int,
+            out: str) -> list[dict[str, Any]]:
+  """The curves of each (depth, residual) net: read from `out` where it holds them for the same
+  config and steps, else trained and appended to it."""
+  done = read_results(out)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  results = []
+  for depth, residual in nets_to_train:
+    config = net_config(base, depth, residual)
+    found = [r for r in done if r["config"] == as_json(config) and r["steps"] == steps]
+    if found:
+      print(f"{train.net_name(config)}: already in {out}", flush=True)
+      results.append(found[-1])
+      continue
+    print(f"{train.net_name(config)}: {steps} steps of seeds {train.seeds(config)}", flush=True)
+    curves = train_curves(config, steps)
+    result = {"net": train.net_name(config), "seeds": train.seeds(config), "steps": steps,
+              "config": as_json(config), "loss": curves["loss"].tolist(), "error": curves["error"].tolist()}
+    with open(out, "a") as f:
+      f.write(json.dumps(result) + "\n")
+    results.append(result)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cpu_conv.use_fast_xla_cpu_flags()
+  nets_to_train = [(int(d), r.lower() == "true") for r in FLAGS.residual for d in FLAGS.depths]
+  print(format_table(measure(FLAGS.config, nets_to_train, FLAGS.steps, FLAGS.out)), flush=True)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
