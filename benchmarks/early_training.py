@@ -30,6 +30,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import bench
+import checkpoints
 from nets import cpu_conv
 import train
 import writers
@@ -59,6 +60,11 @@ def net_config(base: ml_collections.ConfigDict, depth: int, residual: bool) -> m
 def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config as its JSON line holds it (tuples become lists), to compare with one read back."""
   return json.loads(json.dumps(config.to_dict(), default=list))
+
+
+def same_config(saved: dict[str, Any], config: ml_collections.ConfigDict) -> bool:
+  """True if a config read back from --out is `config` (fields added since count as their defaults)."""
+  return json.loads(json.dumps(checkpoints.with_defaults(saved), default=list)) == as_json(config)
 
 
 def train_curves(config: ml_collections.ConfigDict, steps: int) -> dict[str, np.ndarray]:
@@ -114,7 +120,7 @@ def measure(base: ml_collections.ConfigDict, nets_to_train: list[tuple[int, bool
   results = []
   for depth, residual in nets_to_train:
     config = net_config(base, depth, residual)
-    found = [r for r in done if r["config"] == as_json(config) and r["steps"] == steps]
+    found = [r for r in done if same_config(r["config"], config) and r["steps"] == steps]
     if found:
       print(f"{train.net_name(config)}: already in {out}", flush=True)
       results.append(found[-1])

@@ -1,0 +1,61 @@
+"""benchmarks/early_training.py: the first steps of each net, their figures, and a measurement
+that resumes."""
+
+import math
+
+import numpy as np
+import pytest
+
+import train
+from benchmarks import early_training
+from tests.conftest import real_cifar10_dir, requires_cifar10
+
+CHANCE = math.log(10)
+
+
+def test_a_run_that_blows_up_and_dies_is_reported_so():
+  steps = np.arange(60)
+  loss = np.where(steps < 10, 7.4, CHANCE + 0.001)  # the paper's recipe at ResNet-56, seed 0
+  error = np.full(60, 0.9)
+  summary = early_training.run_summary(loss, error)
+  assert summary["initial_loss"] == 7.4 and summary["max_early_loss"] == 7.4
+  assert summary["at_chance"] and summary["last_error"] == pytest.approx(0.9)
+
+
+def test_a_run_that_learns_is_not_at_chance():
+  loss, error = np.linspace(2.6, 1.9, 60), np.linspace(0.9, 0.7, 60)
+  summary = early_training.run_summary(loss, error)
+  assert summary["initial_loss"] == 2.6 and summary["max_early_loss"] == 2.6 and not summary["at_chance"]
+  assert summary["last_loss"] == pytest.approx(loss[-10:].mean())
+
+
+def test_each_net_trains_once_and_a_rerun_reads_it_back(mock_cifar10, tiny_config, tmp_path, monkeypatch):
+  tiny_config.seed, tiny_config.num_seeds = 3, 2
+  out = str(tmp_path / "early.jsonl")
+  first = early_training.measure(tiny_config, [(8, False), (8, True)], steps=3, out=out)
+  assert [r["net"] for r in first] == ["plain8", "resnet8"]
+  assert all(r["seeds"] == [3, 4] and np.shape(r["loss"]) == (3, 2) for r in first)
+  assert np.all(np.isfinite(first[1]["loss"])) and first[0]["loss"] != first[1]["loss"]
+  table = early_training.format_table(first)
+  assert table.count("\n| plain8 |") == 2 and "| resnet8 | 4 |" in table
+
+  monkeypatch.setattr(early_training, "train_curves", lambda *_: pytest.fail("trained a net already measured"))
+  assert early_training.measure(tiny_config, [(8, True)], steps=3, out=out) == first[1:]
+  tiny_config.learning_rate = 0.5  # another recipe is another measurement
+  with pytest.raises(pytest.fail.Exception):
+    early_training.measure(tiny_config, [(8, True)], steps=3, out=out)
+
+
+@requires_cifar10
+def test_the_default_resnet56_recipe_learns_where_the_papers_blows_up(real_cache_dir):
+  """On the real data: the paper's 0.1 from step 1 sends ResNet-56's loss far above its start,
+  the default warm-up keeps it below its start and off chance."""
+  config = train.parse_command_line(["--config=configs/resnet56.py"])[0]
+  config.dataset.data_dir, config.dataset.cache_dir, config.num_devices = real_cifar10_dir(), real_cache_dir, 1
+  one_seed = lambda curves: early_training.run_summary(curves["loss"][:, 0], curves["error"][:, 0])
+  default = one_seed(early_training.train_curves(config, steps=30))
+  config.warmup_steps = 0
+  paper = one_seed(early_training.train_curves(config, steps=12))
+  assert paper["max_early_loss"] > 2 * paper["initial_loss"]
+  assert default["max_early_loss"] <= default["initial_loss"] + 0.1 and not default["at_chance"]
+  assert default["last_loss"] < CHANCE - 0.05
