@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 import bench
 import checkpoints
+import eval as eval_py
 from nets import cpu_conv
 import train
 import writers
@@ -49,6 +50,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 60, "Train steps per net.")
   flags.DEFINE_string("out", "runs/early_training/default.jsonl",
                       "JSON lines, one per net: its curves; nets already there are skipped.")
+  flags.DEFINE_string("plot", None, "Also draw the training losses into this image file (e.g. .png).")
+  flags.DEFINE_string("plot_title", "", "What the figure's panels say the recipe is, e.g. 'lr 0.1 from step 1'.")
 
 
 def net_config(base: ml_collections.ConfigDict, depth: int, residual: bool) -> ml_collections.ConfigDict:
@@ -135,12 +138,43 @@ def measure(base: ml_collections.ConfigDict, nets_to_train: list[tuple[int, bool
   return results
 
 
+def draw_losses(results: list[dict[str, Any]], title: str) -> Any:
+  """Each seed's training loss per step, plain nets left and residual right, a colour per depth."""
+  plt = eval_py._pyplot()
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  colours = dict(zip(sorted({r["config"]["model"]["depth"] for r in results}), plt.get_cmap("tab10").colors))
+  for ax, residual in zip(axes, (False, True)):
+    for result in (r for r in results if r["config"]["model"]["residual"] == residual):
+      loss = np.array(result["loss"])
+      steps = np.arange(1, len(loss) + 1)
+      for i, seed in enumerate(result["seeds"]):
+        ax.plot(steps, loss[:, i], color=colours[result["config"]["model"]["depth"]], linewidth=1,
+                label=result["net"] if i == 0 else None)
+    ax.axhline(math.log(10), color="grey", linestyle=":", linewidth=1, label="chance (ln 10)")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(ticker.FixedLocator([1, 1.5, 2, 2.5, 3, 5, 10, 20, 50, 100]))
+    ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_title(f"{'residual' if residual else 'plain'} nets: {title}", fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, title="a line per seed", title_fontsize=8)
+  axes[0].set_ylabel("training loss (batch of the step)")
+  fig.tight_layout()
+  return fig
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cpu_conv.use_fast_xla_cpu_flags()
   nets_to_train = [(int(d), r.lower() == "true") for r in FLAGS.residual for d in FLAGS.depths]
-  print(format_table(measure(FLAGS.config, nets_to_train, FLAGS.steps, FLAGS.out)), flush=True)
+  results = measure(FLAGS.config, nets_to_train, FLAGS.steps, FLAGS.out)
+  print(format_table(results), flush=True)
+  if FLAGS.plot:
+    eval_py.save_figure(draw_losses(results, FLAGS.plot_title), FLAGS.plot)
+    print(f"Wrote {FLAGS.plot}", flush=True)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,13 @@ def test_the_default_resnet56_recipe_learns_where_the_papers_blows_up(real_cache
   assert paper["max_early_loss"] > 2 * paper["initial_loss"]
   assert default["max_early_loss"] <= default["initial_loss"] + 0.1 and not default["at_chance"]
   assert default["last_loss"] < CHANCE - 0.05
+
+
+def test_the_figure_has_a_line_per_seed_plain_nets_left_residual_right():
+  result = lambda depth, residual: {"net": f"{'resnet' if residual else 'plain'}{depth}", "seeds": [0, 1],
+                                    "config": {"model": {"depth": depth, "residual": residual}},
+                                    "loss": np.full((5, 2), 2.0).tolist()}
+  fig = early_training.draw_losses([result(20, False), result(56, False), result(20, True)], "lr 0.1")
+  plain, residual = fig.axes
+  assert len(plain.lines) == 2 * 2 + 1 and len(residual.lines) == 2 + 1  # seeds, and the chance line
+  assert "plain" in plain.get_title() and "residual" in residual.get_title()
