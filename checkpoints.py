@@ -203,7 +203,8 @@ class Checkpoints:
     cause = error
     while cause is not None and not isinstance(cause, OSError):
       cause = cause.__cause__ or cause.__context__
-    what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+    # A background save's failure surfaces at the next save or wait: the step is when it was noticed.
+    what = f"checkpoints (noticed saving step {step})" if step is not None else "checkpoints"
     return writers.storage_error(what, self.directory, cause or error)
 
   def close(self) -> None:

@@ -210,4 +210,8 @@ def user_errors_as_messages(debug: bool = False, also: tuple[type[BaseException]
     if debug:
       raise
     print(f"Error: {e}", file=sys.stderr, flush=True)
+    if isinstance(e, writers.StorageError):
+      # A failed orbax save leaves threads that wait ~300 s for it before Python may exit.
+      sys.stdout.flush()
+      os._exit(EXIT_FAILURE)  # pylint: disable=protected-access
     raise SystemExit(EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_FAILURE) from None
