@@ -76,7 +76,7 @@ def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
   """absl's parsing of `argv`, config file loaded; a mistake in them is a ConfigError."""
   try:
     rest = flag_values(argv)
-    flag_values.config  # pylint: disable=pointless-statement  # loads the config file, or raises
+    flag_values.config.keys()  # a config file that failed to load raises only when it is used
   except COMMAND_LINE_ERRORS as e:
     raise validation.ConfigError([command_line_problem(e, argv[1:])], "The command line") from e
   return rest
