@@ -1,11 +1,14 @@
 """Runs that survive: orbax checkpoints in <workdir>/checkpoints, resuming, and preemption.
 
 A checkpoint holds one copy of the train state (no device axis, so it restores on any
-number of devices) and a small JSON record: the config it was trained with and, for the
-last one of a run, the final metrics. Everything else a resumed run needs is a function
-of the step: the data order, the augmentation and the learning rate.
+number of devices) and a small JSON record: the config it was trained with and a
+fingerprint of the state, checked when it is restored. The last one of a run gets its
+final metrics (final.json) once the final evaluation is done. Everything else a resumed
+run needs is a function of the step: the data order, the augmentation and the learning rate.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -14,6 +17,7 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 import parallel
@@ -27,6 +31,42 @@ MUST_MATCH = ("model.", "dataset.name", "dataset.validation_size", "dataset.crop
 
 class ConfigMismatchError(ValueError):
   """A workdir's checkpoints were trained with another model or data."""
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint reads back, but not as it was saved."""
+
+
+def _host_array(x: Any) -> np.ndarray:
+  """A leaf as numpy: this process's copy of a replicated array that spans several processes."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_shards[0].data
+  return np.asarray(x)
+
+
+def fingerprint(state: Any) -> str:
+  """A SHA-256 of every leaf's place in the tree, dtype, shape and bytes.
+
+  Orbax checks no checksum when it reads (changed bytes in a data file read back as other
+  numbers), so each checkpoint's record carries this, and a restore compares.
+  """
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    array = np.ascontiguousarray(_host_array(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def verify(state: Any, record: dict[str, Any]) -> None:
+  """Raises CorruptCheckpointError if a restored state is not the one saved with `record`."""
+  saved = record.get("fingerprint")  # None: saved before checkpoints carried one
+  if saved is not None and fingerprint(state) != saved:
+    raise CorruptCheckpointError("its contents differ from the fingerprint saved with it")
+  bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+         if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.isfinite(leaf).all()]
+  if bad:  # training saves only finite states (train.py checks before each save)
+    raise CorruptCheckpointError(f"it holds NaN or infinite values in {', '.join(bad[:3])}")
 
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
@@ -52,36 +92,76 @@ def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict)
   return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in fields if before.get(k) != now.get(k)]
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether `workdir` holds saved steps (from the folder's names: cheap, no orbax)."""
+  folder = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+
+
 class Checkpoints:
   """The checkpoints of one workdir."""
 
   def __init__(self, workdir: str, keep: int = 3):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=True))
+    try:
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=True))
+    except OSError as e:
+      raise writers.storage_error("checkpoints", self.directory, e) from e
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
   def record(self, step: int) -> dict[str, Any]:
-    """The JSON record saved with the state of `step` (config, and final metrics at the end)."""
-    return self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+    """The JSON record saved with the state of `step` (config, fingerprint), with "final"
+    (the final metrics) once the run's final evaluation is recorded."""
+    record = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+    final_path = self._final_path(step)
+    if os.path.exists(final_path):
+      with open(final_path) as f:
+        record["final"] = json.load(f)
+    return record
+
+  def _final_path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step), "final.json")
 
   def save(self, step: int, state: Any, record: dict[str, Any]) -> None:
     """Starts writing `state` in the background; the arrays are copied before it returns."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
+    record = {**record, "fingerprint": fingerprint(state)}
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._storage_error(step, e) from e
+
+  def save_final(self, step: int, final: dict[str, Any]) -> None:
+    """Records the final metrics with the (committed) checkpoint of `step`: the run is finished."""
+    self.wait()
+    if jax.process_index() == 0:
+      path = self._final_path(step)
+      try:
+        with open(f"{path}.tmp", "w") as f:
+          json.dump(final, f, default=list)
+          f.flush()
+          os.fsync(f.fileno())
+        os.replace(f"{path}.tmp", path)  # all or nothing: a torn final.json would read as no result
+      except OSError as e:
+        raise writers.storage_error(f"the final metrics of step {step}", path, e) from e
+    parallel.sync_processes(f"final_{step}")
 
   def restore(self, template: Any, step: int | None = None,
               check: Callable[[dict[str, Any]], None] = lambda record: None,
-              ) -> tuple[int, Any, dict[str, Any]] | None:
-    """(step, state, record) of `step`, else of the newest checkpoint that reads back.
+              set_aside: bool = True) -> tuple[int, Any, dict[str, Any]] | None:
+    """(step, state, record) of `step`, else of the newest checkpoint that reads back intact.
 
     `template` is a state of numpy arrays with the right structure; the result is numpy
     too. `check(record)` runs before the state is read and may raise (say, for another
-    model). A checkpoint that cannot be read is reported and the one before it is tried.
+    model). A checkpoint that cannot be read, or reads back other than it was saved
+    (fingerprint, non-finite values), is reported and the one before it is tried; with
+    `set_aside` it is also moved out of the way (a training run does; an evaluator, which
+    must not change a run, does not).
     """
     steps = [step] if step is not None else self.steps()[::-1]
     if step is not None and step not in self.steps():
@@ -92,15 +172,19 @@ class Checkpoints:
         check(record)
         state = self._manager.restore(
             candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(template)))["state"]
+        verify(state, record)
         return candidate, state, record
       except ConfigMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except
         if step is not None:
-          raise
-        aside = self._move_aside(candidate)
-        print(f"Checkpoint of step {candidate} in {self.directory} is unreadable "
-              f"({type(e).__name__}: {str(e)[:200]}); moved to {aside}, trying the one before.",
+          raise CorruptCheckpointError(f"Checkpoint of step {step} in {self.directory} is unreadable or "
+                                       f"corrupt: {type(e).__name__}: {str(e)[:300]}") from e
+        problem = ("is corrupt" if isinstance(e, CorruptCheckpointError) else "is unreadable") + (
+            f" ({type(e).__name__}: {str(e)[:200]})")
+        if set_aside:
+          problem += f"; moved to {self._move_aside(candidate)}"
+        print(f"Checkpoint of step {candidate} in {self.directory} {problem}; trying the one before.",
               file=sys.stderr, flush=True)
     return None
 
@@ -117,7 +201,20 @@ class Checkpoints:
 
   def wait(self) -> None:
     """Blocks until the saves in flight are on disk."""
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._storage_error(None, e) from e
+
+  def _storage_error(self, step: int | None, error: BaseException) -> writers.StorageError:
+    """What a failed save says: the folder and the cause, in one line (the cause of an
+    OSError deep in orbax is found in the exception's chain)."""
+    cause = error
+    while cause is not None and not isinstance(cause, OSError):
+      cause = cause.__cause__ or cause.__context__
+    # A background save's failure surfaces at the next save or wait: the step is when it was noticed.
+    what = f"checkpoints (noticed saving step {step})" if step is not None else "checkpoints"
+    return writers.storage_error(what, self.directory, cause or error)
 
   def close(self) -> None:
     self._manager.close()

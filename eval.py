@@ -27,13 +27,14 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 import checkpoints
 import input_pipeline
 import parallel
 import train
 from nets import cpu_conv
+import validation
 import writers
 from configs import default
 
@@ -75,7 +76,7 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, include_train: bo
                                       input_pipeline.input_shape(config.dataset, dataset.train.images.shape[1:]))
   ckpts = checkpoints.Checkpoints(workdir)
   try:
-    restored = ckpts.restore(jax.device_get(template), step)
+    restored = ckpts.restore(jax.device_get(template), step, set_aside=False)  # an evaluator leaves the run as it is
   finally:
     ckpts.close()
   if restored is None:
@@ -350,6 +351,14 @@ def compare(sources: Sequence[str], out: str | None = None, step: int | None = N
 
 def main(argv):
   cpu_conv.use_fast_xla_cpu_flags()
+  if not FLAGS["verbosity"].present:  # orbax logs each restore at INFO; keep the console to results
+    logging.set_verbosity(logging.WARNING)
+  with validation.user_errors_as_messages(also=(FileNotFoundError, checkpoints.CorruptCheckpointError)):
+    run(argv)
+
+
+def run(argv):
+  """eval.py's commands: compare, or evaluate a checkpoint."""
   if len(argv) > 1 and argv[1] == "compare":
     if len(argv) < 3:
       raise app.UsageError("compare needs run folders or wandb sweep paths, e.g. eval.py compare runs/plain_vs_residual")

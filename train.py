@@ -32,6 +32,7 @@ import input_pipeline
 import nets
 import parallel
 from nets import cpu_conv
+import validation
 import writers
 
 AXIS = parallel.AXIS
@@ -48,14 +49,45 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None =
                                   flag_values=flag_values, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "Where the run writes (config.json, metrics.jsonl, checkpoints, "
                       "wandb). Default: runs/<experiment>/<run name>.", flag_values=flag_values)
+  flags.DEFINE_bool("debug", False, "Show the Python traceback of a config or storage error too.",
+                    flag_values=flag_values)
   flags.mark_flags_as_required(["config"], flag_values=flag_values)
 
 
+# What ml_collections and absl raise for a bad --config or --config.<field> (unknown field:
+# KeyError; missing config file: OSError; a value of the wrong type: flags.Error).
+COMMAND_LINE_ERRORS = (flags.Error, KeyError, OSError, AttributeError, TypeError, ValueError)
+
+
+def command_line_problem(error: Exception, args: list[str]) -> str:
+  """One line for a bad command line: the argument at fault, what is wrong, the fix."""
+  config_file = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+  if isinstance(error, OSError) and config_file and not os.path.isfile(config_file):
+    return (f"--config={config_file}: no such config file; give one of configs/*.py, e.g. "
+            "--config=configs/resnet56.py (paths are relative to where you run).")
+  if isinstance(error, KeyError):  # ml_collections: "'modle'\nDid you mean ..."
+    key, _, hint = str(error.args[0]).partition("\n")
+    culprit = next((a for a in args if f".{key.strip(chr(39))}" in a.split("=")[0]), "--config.*")
+    return f"{culprit.split('=')[0]}: no config field {key}. {hint}".strip()
+  return str(error).splitlines()[0] if isinstance(error, flags.Error) else f"{type(error).__name__}: {error}"
+
+
+def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+  """absl's parsing of `argv`, config file loaded; a mistake in them is a ConfigError."""
+  try:
+    rest = flag_values(argv)
+    flag_values.config.keys()  # a config file that failed to load raises only when it is used
+  except COMMAND_LINE_ERRORS as e:
+    raise validation.ConfigError([command_line_problem(e, argv[1:])], "The command line") from e
+  return rest
+
+
 def parse_command_line(args: list[str]) -> tuple[ml_collections.ConfigDict, str]:
-  """The config and workdir that `python train.py <args>` trains with."""
+  """The config and workdir that `python train.py <args>` trains with (a ConfigError for a
+  command line absl or ml_collections refuses)."""
   values, argv = flags.FlagValues(), ["train.py", *args]
   define_flags(values, argv)
-  values(argv)
+  parse_flags(values, argv)
   return values.config, values.workdir or default_workdir(values.config)
 
 
@@ -400,15 +432,12 @@ def shard_for_eval(split: input_pipeline.Split, num_devices: int, batch_size: in
       num_devices, per_device // chunk, chunk, *v.shape[1:]) for k, v in arrays.items()}
 
 
-def check_batch_size(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
+def check_batch_size(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1,
+                     resuming: bool = False) -> None:
   """The global batch must split evenly over the devices of all processes."""
-  if config.batch_size % num_devices:
-    fewer = ("fewer devices (--config.num_devices=...)" if num_processes == 1 else
-             "another number of processes or devices per process")
-    raise ValueError(
-        f"batch_size {config.batch_size} does not divide over {num_devices} devices"
-        + (f" ({num_processes} processes)" if num_processes > 1 else "")
-        + f"; use a multiple of {num_devices} (--config.batch_size=...) or {fewer}.")
+  problems = validation.batch_problems(config, num_devices, num_processes, resuming)
+  if problems:
+    raise validation.ConfigError(problems)
 
 
 def make_evaluator(replicas: parallel.Replicas, splits: dict[str, input_pipeline.Split],
@@ -492,8 +521,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run_start = time.perf_counter()
   parallel.maybe_initialize_distributed(config.distributed)
   replicas = parallel.Replicas(config.parallelism, config.num_devices)
-  check_batch_size(config, replicas.count, jax.process_count())
+  check_batch_size(config, replicas.count, jax.process_count(),
+                   resuming=not config.restart and checkpoints.has_checkpoints(workdir))
   is_main = jax.process_index() == 0
+  if is_main:
+    writers.check_writable(workdir)  # fail now, not after loading the data and compiling
   if config.restart and is_main:  # a new run: new checkpoints, metrics and wandb run
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
     for name in ("metrics.jsonl", "wandb_run_id"):
@@ -501,34 +533,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         os.remove(os.path.join(workdir, name))
   parallel.sync_processes("restart")  # no process may find the checkpoints process 0 is deleting
 
-  dataset = input_pipeline.load_dataset(config.dataset)
-  model = create_model(config, dataset.num_classes)
-  init_key, data_key = run_keys(config)
-  ckpts = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
-  try:
-    state, record = restore_or_start(
-        config, ckpts, create_train_state(config, model, init_key, input_pipeline.input_shape(
-            config.dataset, dataset.train.images.shape[1:])))
-    first_step = step_of(state)
-    if first_step >= config.total_steps:
-      if "final" not in record:
-        raise ValueError(f"{workdir} has a checkpoint at step {first_step}, beyond total_steps "
-                         f"{config.total_steps}; raise --config.total_steps or use another --workdir.")
-      if is_main:
-        print(f"{workdir} holds a finished run ({first_step} steps, test error "
-              f"{100 * record['final'].get('test_error', float('nan')):.2f}%); nothing to do. "
-              f"--config.restart=True trains it again.", flush=True)
-      return record["final"]
-    return train_from(config, workdir, replicas, dataset, state, data_key, ckpts, run_start)
-  finally:
-    ckpts.wait()
-    ckpts.close()
+  # From here a signal stops the run at a step boundary; a KeyboardInterrupt inside XLA's
+  # compiler could end the process in a segmentation fault.
+  with checkpoints.PreemptionSignal() as preemption:
+    dataset = input_pipeline.load_dataset(config.dataset)
+    model = create_model(config, dataset.num_classes)
+    init_key, data_key = run_keys(config)
+    ckpts = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
+    try:
+      state, record = restore_or_start(
+          config, ckpts, create_train_state(config, model, init_key, input_pipeline.input_shape(
+              config.dataset, dataset.train.images.shape[1:])))
+      first_step = step_of(state)
+      if first_step >= config.total_steps and "final" in record:
+        if is_main:
+          print(f"{workdir} holds a finished run ({first_step} steps, test error "
+                f"{100 * record['final'].get('test_error', float('nan')):.2f}%); nothing to do. "
+                f"--config.restart=True trains it again.", flush=True)
+        return record["final"]
+      if first_step > config.total_steps:
+        raise validation.ConfigError([
+            f"total_steps {config.total_steps}: {workdir} has a checkpoint at step {first_step}, beyond it; "
+            "raise --config.total_steps or use another --workdir."])
+      return train_from(config, workdir, replicas, dataset, state, data_key, ckpts, run_start, preemption,
+                        seconds_before=record.get("wall_time_sec", 0.0))
+    finally:
+      ckpts.wait()
+      ckpts.close()
 
 
 def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parallel.Replicas,
                dataset: input_pipeline.Dataset, state: TrainState, data_key: jax.Array,
-               ckpts: checkpoints.Checkpoints, run_start: float) -> dict[str, float]:
-  """The training loop, from state.step to config.total_steps."""
+               ckpts: checkpoints.Checkpoints, run_start: float, preemption: checkpoints.PreemptionSignal,
+               seconds_before: float = 0.0) -> dict[str, float]:
+  """The training loop, from state.step to config.total_steps, then the final evaluation.
+
+  `seconds_before`: the wall time of the run's earlier segments (it resumes).
+  """
   is_main = jax.process_index() == 0
   first_step = step_of(state)
   num_params = nets.count_params(state.params) // config.num_seeds  # of one net
@@ -543,12 +584,12 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
   # As raw key data: pmap refuses a typed key array that spans several processes.
   key_data = replicas.replicate(jax.random.key_data(data_key))
 
-  def save(step: int, final: dict[str, float] | None = None) -> None:
+  def save(step: int) -> None:
     copy = replicas.single_copy(state)
     if not all_finite(copy):  # the loss of a step is finite even when its update was not
       raise FloatingPointError(f"Training diverged: non-finite parameters after step {step}; the "
                                "last checkpoint before it is kept. Lower --config.learning_rate.")
-    record = {"config": config.to_dict(), **({"final": final} if final else {})}
+    record = {"config": config.to_dict(), "wall_time_sec": seconds_before + time.perf_counter() - run_start}
     save_start = time.perf_counter()
     ckpts.save(step, copy, json.loads(json.dumps(record, default=list)))
     save_seconds.append(time.perf_counter() - save_start)
@@ -558,7 +599,7 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
   window = []  # the metrics of the steps since the last line, still on the devices
   window_start, window_first_step, seconds_per_step = 0.0, None, 0.0
   loop_start, line, step, evaluated = time.perf_counter(), {}, first_step, {}
-  with checkpoints.PreemptionSignal() as preemption, writer:
+  with writer:
     while step < config.total_steps:
       steps = dispatch_size(step, config)
       state, metrics = dispatch[steps](state, train_data, key_data)
@@ -580,6 +621,8 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
           line["images_per_sec"] = config.batch_size * config.num_seeds / seconds_per_step
         line["lr"] = float(schedule(step - 1))
         window, window_start, window_first_step = [], now, step + 1
+      if last:  # saved before the final evaluation, so that a signal during it loses no training
+        save(step)
       if step % config.eval_every_steps == 0 or last:
         eval_start = time.perf_counter()
         evaluated = evaluate(state)
@@ -603,17 +646,23 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
             f"Stopped at step {step} (config.stop_on_collapse): the net is at chance. The checkpoint of step "
             f"{step} is in {ckpts.directory}; rerun with --config.stop_on_collapse=False to train it on, or "
             "--config.restart=True with a longer warm-up or a lower learning rate.")
-      if signum:
-        ckpts.wait()
+      if signum and not last:  # at the last step the run is saved and evaluated: it finishes
+        ckpts.wait()  # raises if the checkpoint did not reach the disk: no message claims it did
         writer.mark_preempted()
         if is_main:
-          print(f"Stopped by signal {signum} at step {step}; checkpoint saved in "
+          print(f"Stopped by signal {signum} at step {step}; the checkpoint of step {step} is saved in "
                 f"{ckpts.directory}. Run the same command again to resume.", flush=True)
         raise SystemExit(128 + signum)
 
-    final = {**line, "wall_time_sec": time.perf_counter() - run_start, "num_params": num_params,
+    if first_step == config.total_steps:  # resumed after the final checkpoint, before its evaluation was recorded
+      evaluated = evaluate(state)
+      line = {k: v for k, v in evaluated.items() if not k.endswith("_examples")}
+      if writer.active and all(logged["step"] < step for logged in writers.read_metrics(workdir)):
+        writer.write(step, line)
+    final = {**line, "wall_time_sec": seconds_before + time.perf_counter() - run_start, "num_params": num_params,
              **{k: v for k, v in evaluated.items() if k.endswith("_examples")}}
-    save(step, final)
+    ckpts.save_final(step, final)  # once the final checkpoint is on disk
+    writer.check_on_disk()
     writer.summarize(final)
   if is_main:
     print(f"Done: {run_name(config)} after {step} steps: test error "
@@ -623,6 +672,19 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
   return final
 
 
+def log_libraries_to(workdir: str) -> str:
+  """Sends absl logging (orbax's and jax's messages, their tracebacks on a failed save) to
+  <workdir>/library.log instead of the console, which keeps to progress and our messages."""
+  path = os.path.join(workdir, "library.log")
+  logging.get_absl_handler().python_handler.stream = open(path, "a", buffering=1)  # pylint: disable=consider-using-with
+  return path
+
+
+# Errors whose message says what to do, besides validation.USER_ERRORS: printed without a traceback.
+RUN_ERRORS = (checkpoints.ConfigMismatchError, checkpoints.CorruptCheckpointError, FloatingPointError,
+              TrainingCollapsed)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -630,12 +692,21 @@ def main(argv):
   if not FLAGS["verbosity"].present:  # orbax logs each save at INFO; keep the console to progress
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
-  try:
-    train_and_evaluate(config, FLAGS.workdir or default_workdir(config))
-  except TrainingCollapsed as e:
-    raise SystemExit(f"{e}") from None
+  workdir = FLAGS.workdir or default_workdir(config)
+  with validation.user_errors_as_messages(FLAGS.debug, also=RUN_ERRORS):
+    validation.validate_config(config, workdir)
+    if jax.process_index() == 0:
+      writers.check_writable(workdir)
+      log_libraries_to(workdir)
+    train_and_evaluate(config, workdir)
+
+
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+  """app.run's flag parser: a bad command line is one message and exit code 2, no traceback."""
+  with validation.user_errors_as_messages(debug="--debug" in argv):
+    return parse_flags(FLAGS, argv)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_or_exit)

@@ -4,6 +4,7 @@ Only process 0 writes; the others get a `MetricWriter` that does nothing. A wand
 failure is reported once and never stops training.
 """
 
+import errno
 import json
 import netrc
 import os
@@ -15,6 +16,33 @@ from urllib.parse import urlparse
 import ml_collections
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+class StorageError(OSError):
+  """A run's files cannot be written (out of space, an unwritable or vanished folder): one
+  message that names the path and the cause, for the user rather than a traceback."""
+
+
+def storage_error(what: str, path: str, error: BaseException) -> StorageError:
+  """A StorageError saying that `what` could not be written to `path`, and why."""
+  cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
+  return StorageError(f"Cannot write {what} to {path}: {cause}. Free space there, make it writable, "
+                      "or use another --workdir; then run the same command again to resume.")
+
+
+def check_writable(folder: str) -> None:
+  """Creates `folder` and writes a probe file in it, or raises a StorageError: a run finds
+  out at start, not at its first checkpoint, that it cannot write."""
+  probe = os.path.join(folder, f".write_test_{os.getpid()}")
+  try:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+      raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
+    os.makedirs(folder, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise storage_error("the run's files", folder, e) from e
 
 
 def flatten_config(config: ml_collections.ConfigDict, prefix: str = "config.") -> dict[str, Any]:
@@ -58,20 +86,50 @@ def format_duration(seconds: float) -> str:
   return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+class MetricsFileError(ValueError):
+  """A metrics.jsonl that is damaged beyond a torn last line."""
+
+
+def read_metrics_file(path: str) -> list[dict[str, float]]:
+  """The lines of a metrics.jsonl, in order.
+
+  A crash or a full disk during a write leaves at most one incomplete last line: it is
+  skipped with a warning naming the file and the line. A bad line anywhere else is a
+  MetricsFileError naming them.
+  """
+  with open(path, "rb") as f:
+    raw_lines = f.read().split(b"\n")
+  numbered = [(number, raw) for number, raw in enumerate(raw_lines, 1) if raw.strip()]
+  lines = []
+  for i, (number, raw) in enumerate(numbered):
+    try:
+      line = json.loads(raw)
+      if not isinstance(line, dict) or "step" not in line:
+        raise ValueError("not a metrics line")
+    except ValueError as e:  # UnicodeDecodeError and json's errors are ValueErrors
+      if i == len(numbered) - 1:
+        print(f"{path}: line {number} is incomplete (a write cut short); skipping it.",
+              file=sys.stderr, flush=True)
+        break
+      raise MetricsFileError(f"{path}: line {number} is not a metrics line ({e}: {raw[:80]!r}); "
+                             "only the last line may be incomplete. Remove or repair that line.") from e
+    lines.append(line)
+  return lines
+
+
 def read_metrics(workdir: str) -> list[dict[str, float]]:
-  """The lines of a run's metrics.jsonl, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The lines of a run's metrics.jsonl, in order (see read_metrics_file)."""
+  return read_metrics_file(os.path.join(workdir, "metrics.jsonl"))
 
 
 def keep_lines_up_to(path: str, step: int) -> None:
-  """Drops the lines of a metrics.jsonl after `step`: a resumed run writes them again."""
+  """Drops the lines of a metrics.jsonl after `step` (a resumed run writes them again) and an
+  incomplete last line (so that the next append starts a line of its own)."""
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  lines = [line for line in read_metrics_file(path) if line["step"] <= step]
   with open(f"{path}.tmp", "w") as f:
-    f.writelines(lines)
+    f.writelines(json.dumps(line) + "\n" for line in lines)
   os.replace(f"{path}.tmp", path)
 
 
@@ -85,12 +143,18 @@ class MetricWriter:
     self._wandb_run = None
     if not active:
       return
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump({**config.to_dict(), "num_params": num_params}, f, indent=2, default=str)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    keep_lines_up_to(metrics_path, first_step)
-    self._jsonl = open(metrics_path, "a", buffering=1)
+    self._paths = [os.path.join(workdir, "config.json"), os.path.join(workdir, "metrics.jsonl")]
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      with open(f"{self._paths[0]}.tmp", "w") as f:
+        json.dump({**config.to_dict(), "num_params": num_params}, f, indent=2, default=str)
+      os.replace(f"{self._paths[0]}.tmp", self._paths[0])
+      keep_lines_up_to(self._paths[1], first_step)
+      # One os.write per line on an O_APPEND descriptor: a crash or full disk can cut
+      # only the line being written, never interleave or reorder lines.
+      self._jsonl = os.open(self._paths[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise storage_error("config.json and metrics.jsonl", workdir, e) from e
     resumed = f" (resuming at step {first_step})" if first_step else ""
     print(f"{run_name}: {num_params:,} parameters; writing to {workdir}{resumed}", flush=True)
     self._start_wandb(workdir, config, run_name, num_params)
@@ -138,7 +202,14 @@ class MetricWriter:
     if not self.active:
       return
     line = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(line) + "\n")
+    data = (json.dumps(line) + "\n").encode()
+    try:
+      if os.fstat(self._jsonl).st_nlink == 0:  # writes to a deleted file succeed, and are lost
+        raise FileNotFoundError(errno.ENOENT, "the file (or its folder) was deleted during the run")
+      if os.write(self._jsonl, data) < len(data):
+        raise OSError(errno.ENOSPC, "a write was cut short (is the disk full?)")
+    except OSError as e:
+      raise storage_error(f"the metrics of step {step}", self._paths[1], e) from e
     if self._wandb_run is not None:
       try:
         self._wandb_run.log(dict(metrics), step=step)
@@ -173,6 +244,16 @@ class MetricWriter:
       except Exception as e:  # pylint: disable=broad-except
         print(f"wandb: alert failed ({e}).", file=sys.stderr, flush=True)
 
+  def check_on_disk(self) -> None:
+    """Raises a StorageError unless config.json and metrics.jsonl are still there: a run is
+    not reported done without its files."""
+    if not self.active:
+      return
+    for path in self._paths:
+      if not os.path.exists(path):
+        raise storage_error(os.path.basename(path), os.path.dirname(path),
+                            FileNotFoundError(errno.ENOENT, "it was deleted during the run"))
+
   def summarize(self, summary: Mapping[str, Any]) -> None:
     """The run's final numbers, for wandb's summary."""
     if self._wandb_run is not None:
@@ -187,7 +268,7 @@ class MetricWriter:
   def __exit__(self, *exc):
     if not self.active:
       return False
-    self._jsonl.close()
+    os.close(self._jsonl)
     if self._wandb_run is not None:
       try:
         self._wandb_run.finish(exit_code=1 if exc[0] else 0)

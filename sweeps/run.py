@@ -38,21 +38,62 @@ sys.path.insert(0, REPO)
 
 import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+import validation  # pylint: disable=g-import-not-at-top,wrong-import-position
 import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The agent's command when a sweep file names none.
 DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
 
 
+# The keys of a wandb sweep file, and of one parameter's spec.
+SWEEP_KEYS = ("program", "method", "parameters", "name", "description", "command", "metric", "early_terminate",
+              "run_cap", "project", "entity", "controller", "job")
+PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities", "parameters")
+
+
 def load_sweep(path: str) -> dict[str, Any]:
-  """A sweep file's contents, checked for what this runner needs."""
-  with open(path) as f:
-    sweep = yaml.safe_load(f)
-  for key in ("program", "method", "parameters"):
-    if key not in sweep:
-      raise ValueError(f"{path}: a sweep file needs '{key}'.")
+  """A sweep file's contents, checked for what this runner needs: a ConfigError lists every
+  problem of its layout (the runs' configs are checked by `plan`)."""
+  try:
+    with open(path) as f:
+      sweep = yaml.safe_load(f)
+  except OSError as e:
+    raise validation.ConfigError([f"{path}: cannot read it ({e.strerror})."], "The sweep") from e
+  except yaml.YAMLError as e:
+    raise validation.ConfigError([f"{path}: not valid YAML ({str(e).splitlines()[0]} "
+                                  f"{getattr(e, 'problem_mark', '') or ''})".strip()], "The sweep") from e
+  problems = sweep_problems(sweep)
+  if problems:
+    raise validation.ConfigError(problems, f"The sweep file {path}")
   sweep.setdefault("name", os.path.splitext(os.path.basename(path))[0])
   return sweep
+
+
+def sweep_problems(sweep: Any) -> list[str]:
+  """What is wrong with a sweep file's layout, each with its fix."""
+  if not isinstance(sweep, dict):
+    return ["it must be a mapping with program, method and parameters (see sweeps/plain_vs_residual.yaml)."]
+  problems = [f"'{key}' is missing; a sweep file needs it." for key in ("program", "method", "parameters")
+              if key not in sweep]
+  problems += [f"'{key}': unknown key.{validation.did_you_mean(key, list(SWEEP_KEYS))}"
+               for key in sweep if key not in SWEEP_KEYS]
+  if "method" in sweep and sweep["method"] not in ("grid", "random", "bayes"):
+    problems.append(f"method {sweep['method']!r}: use grid or random (bayes needs wandb's server).")
+  parameters = sweep.get("parameters", {})
+  if not isinstance(parameters, dict):
+    return problems + ["parameters: must map each parameter to a spec such as {values: [...]}."]
+  for name, spec in parameters.items():
+    if not isinstance(spec, dict):
+      problems.append(f"parameters.{name}: {spec!r} is a plain value; write it as {{value: {spec!r}}} "
+                      "(or {values: [...]} for several).")
+      continue
+    problems += [f"parameters.{name}.{key}: unknown key.{validation.did_you_mean(key, list(PARAMETER_KEYS))}"
+                 for key in spec if key not in PARAMETER_KEYS]
+    if "values" in spec and not isinstance(spec["values"], list):
+      problems.append(f"parameters.{name}.values: must be a list, e.g. [20, 56]; got {spec['values']!r}.")
+    if sweep.get("method") == "grid" and not {"value", "values"} & set(spec):
+      problems.append(f"parameters.{name}: a grid sweep needs value or values.")
+  return problems
 
 
 def _grid_values(name: str, spec: dict[str, Any]) -> list[Any]:
@@ -192,16 +233,26 @@ class Run:
 
 
 def plan(sweep: dict[str, Any], count: int | None = None, seed: int = 0) -> list[Run]:
-  """The sweep's runs with their commands and workdirs (train.py's parser checks each one)."""
-  runs, workdirs = [], {}
+  """The sweep's runs with their commands and workdirs. train.py's parser and config
+  validation check each run; a ConfigError lists every problem of every run, so that none
+  starts before all are right."""
+  runs, workdirs, problems = [], {}, []
   for i, params in enumerate(expand(sweep, count, seed)):
     command = command_line(sweep, params)
-    config, workdir = train.parse_command_line(train_args(sweep, command))
+    try:
+      config, workdir = train.parse_command_line(train_args(sweep, command))
+      validation.validate_config(config, workdir)
+    except validation.ConfigError as e:
+      problems += [f"run {i + 1} ({' '.join(agent_args(params)['args'])}): {p}" for p in e.problems
+                   if not any(p in seen for seen in problems)]  # one report of a problem all runs share
+      continue
     if workdir in workdirs:
-      raise ValueError(f"Runs {workdirs[workdir]} and {i} would share the workdir {workdir}: give the "
-                       "parameters that tell them apart a place in train.run_name, or set config.experiment.")
+      problems.append(f"runs {workdirs[workdir] + 1} and {i + 1} would share the workdir {workdir}: give the "
+                      "parameters that tell them apart a place in train.run_name, or set config.experiment.")
     workdirs[workdir] = i
     runs.append(Run(i, params, command, config, workdir))
+  if problems:
+    raise validation.ConfigError(problems, "The sweep")
   return runs
 
 
@@ -230,7 +281,12 @@ def final_line(workdir: str) -> dict[str, float]:
   """The last metrics line of a run's metrics.jsonl with a test error, or {}."""
   if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
     return {}
-  evaluated = [line for line in writers.read_metrics(workdir) if "test_error" in line]
+  try:
+    lines = writers.read_metrics(workdir)
+  except writers.MetricsFileError as e:  # one damaged run leaves the others' table
+    print(e, file=sys.stderr, flush=True)
+    return {}
+  evaluated = [line for line in lines if "test_error" in line]
   return evaluated[-1] if evaluated else {}
 
 
@@ -310,7 +366,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--count", type=int, default=None, help="Only the first N runs (random sweeps: N draws).")
   parser.add_argument("--seed", type=int, default=0, help="Seeds a random sweep's draws.")
   parser.add_argument("--dry_run", action="store_true", help="Print each run's command and workdir; run nothing.")
+  parser.add_argument("--debug", action="store_true", help="Show Python tracebacks of sweep file problems too.")
   args = parser.parse_args(argv)
+  with validation.user_errors_as_messages(args.debug, also=(ValueError,)):  # expand's: method, count
+    return run_sweep_file(parser, args)
+
+
+def run_sweep_file(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+  """What main does once the arguments are parsed."""
   if args.parallel < 1:
     parser.error("--parallel must be at least 1.")
   sweep = load_sweep(args.sweep)

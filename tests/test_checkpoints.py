@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,3 +165,108 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resuming at step {saved[0]}" in resumed.stdout
   assert [line["step"] for line in read_metrics(tmp_path)] == list(range(1, saved[0] + 3))
+
+
+def test_changed_checkpoint_bytes_are_reported_as_corrupt_and_the_previous_checkpoint_used(
+    mock_cifar10, resumable_config, tmp_path, capsys):
+  resumable_config.total_steps = 4
+  train.train_and_evaluate(resumable_config, str(tmp_path))
+  # Step 2's data under step 4's record: bytes that read back fine, as other numbers.
+  shutil.rmtree(tmp_path / "checkpoints" / "4" / "state")
+  shutil.copytree(tmp_path / "checkpoints" / "2" / "state", tmp_path / "checkpoints" / "4" / "state")
+  resumable_config.total_steps = 6
+  train.train_and_evaluate(resumable_config, str(tmp_path))
+  out, err = capsys.readouterr()
+  assert "Checkpoint of step 4" in err and "is corrupt" in err and "fingerprint" in err
+  assert "resuming at step 2" in out
+  assert os.path.isdir(tmp_path / "unreadable_checkpoints" / "4")
+
+
+def test_non_finite_values_in_a_restored_state_are_corruption_not_divergence():
+  state = {"w": np.array([1.0, np.nan], np.float32), "step": np.array(3)}
+  with pytest.raises(checkpoints.CorruptCheckpointError, match=r"NaN or infinite values in \['w'\]"):
+    checkpoints.verify(state, {})
+  with pytest.raises(checkpoints.CorruptCheckpointError, match="fingerprint"):
+    checkpoints.verify({"w": np.zeros(2)}, {"fingerprint": checkpoints.fingerprint({"w": np.ones(2)})})
+
+
+def evaluator_that(monkeypatch, at_final):
+  """train.make_evaluator whose evaluation of the final step first calls `at_final()`."""
+  make = train.make_evaluator
+
+  def make_evaluator(replicas, splits, mean_image, config):
+    evaluate = make(replicas, splits, mean_image, config)
+    def evaluate_and_act(state):
+      if train.step_of(replicas.single_copy(state)) == config.total_steps:
+        at_final()
+      return evaluate(state)
+    return evaluate_and_act
+  monkeypatch.setattr(train, "make_evaluator", make_evaluator)
+
+
+def test_a_signal_during_the_final_evaluation_leaves_the_final_checkpoint_and_a_finished_run(
+    mock_cifar10, resumable_config, tmp_path, monkeypatch, capsys):
+  resumable_config.total_steps, resumable_config.checkpoint_every_steps = 4, 3
+  evaluator_that(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
+  train.train_and_evaluate(resumable_config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert "checkpoint saved" not in out and "Done: " in out
+  assert checkpoints.final_metrics(str(tmp_path))["step"] == 4
+
+
+def test_a_run_killed_during_its_final_evaluation_resumes_to_evaluate_only(
+    mock_cifar10, resumable_config, tmp_path, monkeypatch, capsys):
+  resumable_config.total_steps, resumable_config.checkpoint_every_steps = 4, 3
+
+  def killed():
+    raise KeyboardInterrupt  # as a kill -9 would end it: no chance to clean up
+  evaluator_that(monkeypatch, killed)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(resumable_config, str(tmp_path))
+  assert final_params(tmp_path)[0] == 4 and checkpoints.final_metrics(str(tmp_path)) is None
+  monkeypatch.undo()
+  final = train.train_and_evaluate(resumable_config, str(tmp_path))
+  assert "resuming at step 4" in capsys.readouterr().out
+  assert checkpoints.final_metrics(str(tmp_path))["test_error"] == final["test_error"]
+  assert read_metrics(tmp_path)[-1] == {"step": 4, "test_loss": final["test_loss"], "test_error": final["test_error"]}
+
+
+def test_wall_time_counts_every_segment_of_a_resumed_run(mock_cifar10, resumable_config, tmp_path):
+  resumable_config.total_steps = 4
+  first = train.train_and_evaluate(resumable_config, str(tmp_path))["wall_time_sec"]
+  resumable_config.total_steps = 6
+  assert train.train_and_evaluate(resumable_config, str(tmp_path))["wall_time_sec"] > first
+
+
+STORAGE_FAILS_IN_SUBPROCESS = """
+import os, sys
+import tensorflow_datasets as tfds
+from absl import app, flags
+import train, writers
+write = writers.MetricWriter.write
+def write_then_block_checkpoints(self, step, metrics):
+  write(self, step, metrics)
+  if step == 2:  # the checkpoints folder becomes unwritable: a file stands where it was
+    os.rename("{workdir}/checkpoints", "{workdir}/checkpoints_away")
+    open("{workdir}/checkpoints", "w").close()
+writers.MetricWriter.write = write_then_block_checkpoints
+train.define_flags()
+sys.argv = ["train.py", "--config=configs/resnet20.py", "--config.model.depth=8", "--config.batch_size=16",
+            "--config.total_steps=8", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
+            "--config.wandb.mode=disabled", "--config.dataset.cache_dir=", "--config.num_devices=1",
+            "--workdir={workdir}"]
+with tfds.testing.mock_data(num_examples=64):
+  app.run(train.main, flags_parser=train.parse_flags_or_exit)
+"""
+
+
+def test_an_unwritable_checkpoints_folder_fails_fast_with_one_message(tmp_path):
+  start = time.time()
+  result = subprocess.run([sys.executable, "-c", STORAGE_FAILS_IN_SUBPROCESS.format(workdir=tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=240)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert time.time() - start < 120  # not orbax's 300 s wait for the failed save
+  assert f"Error: Cannot write checkpoints (noticed saving step 4) to {tmp_path / 'checkpoints'}: Not a directory" \
+      in result.stderr
+  assert "Traceback" not in result.stderr and "Done" not in result.stdout
+  assert "Not a directory" in (tmp_path / "library.log").read_text()  # orbax's own account, kept off the console

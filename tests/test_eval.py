@@ -195,3 +195,19 @@ def test_compare_of_a_path_that_is_neither_a_folder_nor_a_sweep_says_so(tmp_path
     eval_lib.load_runs([str(tmp_path / "no" / "such" / "dir" / "x")])
   with pytest.raises(FileNotFoundError, match="No runs"):
     eval_lib.load_runs([str(tmp_path)])
+
+
+def test_eval_reports_a_corrupt_checkpoint_uses_the_one_before_and_leaves_the_run_as_it_is(finished_run, capsys):
+  state_dir = finished_run / "checkpoints" / "4" / "state"
+  for path in [p for p in state_dir.rglob("*") if p.is_file() and p.parent.name == "d"]:
+    path.write_bytes(b"not a checkpoint")
+  assert eval_lib.evaluate_checkpoint(str(finished_run))["step"] == 2
+  assert "Checkpoint of step 4" in capsys.readouterr().err
+  assert state_dir.is_dir() and not (finished_run / "unreadable_checkpoints").exists()
+
+
+def test_compare_forgives_a_torn_last_metrics_line(sweep_dir, tmp_path, capsys):
+  with open(sweep_dir / "plain20" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 400, "train_er')
+  assert eval_lib.compare([str(sweep_dir)], str(tmp_path / "fig"))["runs"] == 5
+  assert "plain20/metrics.jsonl: line 4 is incomplete" in capsys.readouterr().err

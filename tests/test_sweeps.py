@@ -151,3 +151,46 @@ def test_runner_runs_a_sweep_then_skips_finished_runs_and_resumes_an_interrupted
   assert "resuming at step 2" in open(os.path.join(plain, "train.log")).read()
   assert [line["step"] for line in read_metrics(plain)] == [2, 4]
   assert "| resnet8 | finished before |" in out and "| plain8 | done |" in out
+
+
+def test_a_bad_sweep_file_lists_every_problem_before_any_run_starts(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(REPO)
+  path = tmp_path / "bad.yaml"
+  path.write_text(textwrap.dedent("""\
+      program: train.py
+      methd: grid
+      method: grid
+      parameters:
+        config: {value: configs/resnet20.py}
+        config.model.depth: 20
+        config.learning_rate: {values: 0.1}
+        config.modle.residual: {values: [true, false]}
+        config.batch_size: {value: big}
+      """))
+  with pytest.raises(SystemExit) as exit_info:
+    runner.main([str(path), "--dry_run"])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and "Traceback" not in err
+  assert "'methd': unknown key. Did you mean \"method\"?" in err
+  assert "parameters.config.model.depth: 20 is a plain value; write it as {value: 20}" in err
+  assert "parameters.config.learning_rate.values: must be a list" in err
+
+  path.write_text(path.read_text().replace("methd: grid\n", "").replace("config.model.depth: 20", "config.model.depth: {value: 20}")
+                  .replace("{values: 0.1}", "{values: [0.1, -1]}"))
+  with pytest.raises(SystemExit):
+    runner.main([str(path), "--dry_run"])
+  err = capsys.readouterr().err
+  assert "--config.modle.residual: no config field 'modle'" in err and 'Did you mean "model"' in err
+  assert "--config.batch_size=big" in err
+
+
+def test_a_missing_sweep_file_is_one_line_naming_it(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    runner.main([str(tmp_path / "nope.yaml")])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and f"{tmp_path / 'nope.yaml'}: cannot read it" in err and "Traceback" not in err
+
+
+def test_sweep_table_forgives_a_torn_last_metrics_line(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 4, "test_error": 0.5}\n{"step": 6, "test_')
+  assert runner.final_line(str(tmp_path)) == {"step": 4, "test_error": 0.5}

@@ -1,0 +1,89 @@
+"""validation.py: every config mistake is found before anything heavy starts and told as one
+message naming the field and the fix; train.py shows it without a traceback."""
+
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+import validation
+from configs import default
+from tests.test_train import REPO
+
+
+def problems_of(config, **kwargs):
+  with pytest.raises(validation.ConfigError) as error:
+    validation.validate_config(config, **kwargs)
+  return "\n".join(error.value.problems)
+
+
+def test_every_config_file_passes():
+  import glob, importlib  # pylint: disable=import-outside-toplevel,multiple-imports
+  for path in glob.glob(f"{REPO}/configs/*.py"):
+    name = path.rsplit("/", 1)[1][:-3]
+    if name != "__init__":
+      validation.validate_config(importlib.import_module(f"configs.{name}").get_config(), num_devices=8)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("learning_rate", -0.1, "learning_rate = -0.1: must be a positive number"),
+    ("total_steps", 0, "total_steps = 0: must be at least 1"),
+    ("log_every_steps", 0, "log_every_steps = 0: must be at least 1"),
+    ("checkpoint_every_steps", 0, "checkpoint_every_steps = 0: must be at least 1"),
+    ("batch_size", 0, "batch_size = 0: must be at least 1"),
+    ("parallelism", "pjit", "parallelism = 'pjit': unknown choice; set --config.parallelism to one of"),
+])
+def test_a_value_out_of_range_names_the_field_and_the_fix(field, value, message):
+  config = default.get_config()
+  config[field] = value
+  assert message in problems_of(config)
+
+
+def test_an_unknown_model_or_a_depth_the_net_cannot_have_is_a_problem():
+  config = default.get_config()
+  config.model.depth = 21
+  assert "model.depth = 21: CIFAR ResNet depth must be 6n+2" in problems_of(config)
+  config.model.name = "resnet57"
+  assert "model.name = 'resnet57': unknown model" in problems_of(config)
+
+
+def test_a_typo_in_a_config_file_gets_a_did_you_mean():
+  config = default.get_config()
+  config.lerning_rate = 0.1
+  config.model.dpeth = 20
+  problems = problems_of(config)
+  assert 'lerning_rate: no such field. Did you mean "learning_rate"?' in problems
+  assert 'model.dpeth: cifar_resnet has no such field. Did you mean "depth"?' in problems
+
+
+def test_a_value_of_the_wrong_type_in_a_config_file_is_a_problem():
+  config = ml_collections.ConfigDict({**default.get_config().to_dict(), "total_steps": "64k"})  # as a file may build it
+  assert "total_steps = '64k': must be a int" in problems_of(config)
+
+
+def test_a_batch_that_does_not_divide_over_the_devices_says_how_to_fix_it():
+  config = default.get_config()
+  config.batch_size = 100
+  assert "use a multiple of 8 (--config.batch_size=...)" in problems_of(config, num_devices=8)
+  resumed = validation.batch_problems(config, 8, resuming=True)[0]
+  assert "--config.batch_size" not in resumed and "--config.num_devices" in resumed  # a resume keeps its batch
+
+
+def test_a_workdir_that_is_a_file_is_a_problem(tmp_path):
+  (tmp_path / "run").write_text("")
+  assert "is a file; give a folder" in problems_of(default.get_config(), workdir=str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/resnet20.py", "--config.learning_rate=-1"], "learning_rate = -1.0: must be a positive number"),
+    (["--config=configs/resnet20.py", "--config.modle.depth=20"], 'no config field \'modle\'. Did you mean "model"'),
+    (["--config=configs/nope.py"], "--config=configs/nope.py: no such config file"),
+    (["--config=configs/resnet20.py", "--config.total_steps=0"], "total_steps = 0: must be at least 1"),
+])
+def test_train_py_prints_one_message_and_no_traceback_for_a_bad_config(args, message, tmp_path):
+  result = subprocess.run([sys.executable, "train.py", *args, f"--workdir={tmp_path / 'run'}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == validation.EXIT_CONFIG, result.stderr[-2000:]
+  assert message in result.stderr and "Traceback" not in result.stderr + result.stdout
+  assert not (tmp_path / "run").exists()  # a refused config leaves nothing behind
