@@ -96,6 +96,14 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), precision)
 
 
+class ConvGeneralDilated:
+  """What flax's nn.Conv(conv_general_dilated_cls=...) wants: a class whose instances are
+  `conv_general_dilated` above (flax calls the class with no arguments, then the instance)."""
+
+  def __call__(self, *args, **kwargs) -> jax.Array:
+    return conv_general_dilated(*args, **kwargs)
+
+
 def is_nhwc_hwio(dimension_numbers: Any, lhs_shape: Sequence[int], rhs_shape: Sequence[int]) -> bool:
   """Whether the convolution is laid out as NHWC input, HWIO kernel, NHWC output."""
   numbers = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)

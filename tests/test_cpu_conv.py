@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from nets import cpu_conv
+from nets import cpu_conv, layers
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -89,6 +89,19 @@ def test_the_mode_picks_the_weight_gradient():
       pass
 
 
+def test_the_nets_convolutions_are_cpu_conv_s_through_flax_s_current_field():
+  conv = layers.conv_factory(jnp.float32)(4, (3, 3))
+  # flax marks `conv_general_dilated` "Deprecated. Will be removed."; a newer flax would break every net.
+  assert conv.conv_general_dilated is None
+  x = jnp.ones((2, 8, 8, 4))
+  params = conv.init(jax.random.key(0), x)
+
+  def traced_gradient(mode):  # a new function each time: jax caches traces by function
+    with cpu_conv.weight_grad(mode):
+      return str(jax.make_jaxpr(lambda p: jax.grad(lambda p: conv.apply(p, x).sum())(p))(params))
+  assert "custom_vjp" in traced_gradient("patches") and "custom_vjp" not in traced_gradient("lax")
+
+
 def test_fast_xla_cpu_flags_are_added_once_and_leave_the_users_own(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
   cpu_conv.use_fast_xla_cpu_flags()
@@ -106,7 +119,7 @@ def test_installed_xla_accepts_the_flags_and_keeps_convolutions_from_ynnpack():
   script = textwrap.dedent("""
       import jax, jax.numpy as jnp
       from jax import lax
-      from nets import cpu_conv
+      from nets import cpu_conv, layers
       cpu_conv.use_fast_xla_cpu_flags()
       conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=cpu_conv.NHWC)
       hlo = jax.jit(conv).lower(jnp.ones((128, 8, 8, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text()
