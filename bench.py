@@ -161,14 +161,18 @@ class OurStep:
     self.data = self.replicas.replicate({
         "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
     self.data_key = self.replicas.replicate(jax.random.key_data(data_key))  # as train_from passes it
+    self.orders = train.EpochOrders(config, self.replicas, data_key, len(dataset.train))
+    self.step = 0
     self.metrics = None
     jax.block_until_ready((self.state, self.data))
     self.startup_seconds = time.perf_counter() - start
 
   def run(self, steps: int) -> float:
     start = time.perf_counter()
-    for _ in range(steps // self.steps_per_dispatch):
-      self.state, self.metrics = self.train_fn(self.state, self.data, self.data_key)
+    for _ in range(steps // self.steps_per_dispatch):  # the epochs' orders computed as train_from does
+      orders = self.orders.for_dispatch_after(self.step)
+      self.state, self.metrics = self.train_fn(self.state, self.data, self.data_key, orders)
+      self.step += self.steps_per_dispatch
     jax.block_until_ready((self.state, self.metrics))
     return time.perf_counter() - start
 
