@@ -51,6 +51,18 @@ def test_flags_give_the_options():
   assert bench.parse_command_line([*TINY, "--torch=fp32,bf16"])[1].torch_variants == ("fp32", "bf16")
 
 
+def test_warm_up_runs_on_untimed_until_the_seconds_asked_have_passed():
+  class Clock:  # a side whose dispatches take 0.5 s each
+    runs = 0
+    def run(self, steps):
+      self.runs += 1
+      return 0.5
+  side = Clock()
+  assert bench.warm_up(side, 1) == 0.5 and side.runs == 2
+  assert bench.warm_up(side, 1, seconds=2.0) == 0.5 and side.runs == 2 + 5  # 0.5 s x 4 after the compiling one
+  assert bench.parse_command_line([*TINY, "--warmup_seconds=3"])[1].warmup_seconds == 3.0
+
+
 def test_bad_options_are_errors_that_say_what_to_change():
   config, _, _ = bench.parse_command_line([*TINY, "--config.steps_per_dispatch=3"])
   with pytest.raises(ValueError, match="not a multiple of --config.steps_per_dispatch=3"):
