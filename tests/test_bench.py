@@ -160,7 +160,7 @@ def test_summary_table_has_a_row_per_run_naming_its_seeds(tmp_path):
   result, _ = run_tiny(tmp_path)
   rows = [line.split("|") for line in summarize.markdown_table([result, dict(result, num_seeds=4)]).splitlines()]
   assert [cell.strip() for cell in rows[0][1:5]] == ["net", "dtype", "steps/dispatch", "seeds"]
-  assert [row[4].strip() for row in rows[2:]] == ["1", "4"]
+  assert [row[4].strip() for row in rows[2:]] == ["1", "4 (auto)"]
   assert all(row[1].strip() == "resnet8" for row in rows[2:])
 
 
