@@ -70,6 +70,7 @@ class Options:
   torch_variants: tuple[str, ...] = ()  # names in TORCH_VARIANTS
   real_data: bool = False
   num_examples: int = CIFAR_TRAIN_EXAMPLES  # of the random training set
+  warmup_seconds: float = 0.0  # untimed running after the first two dispatches: a GPU idles at low clocks
 
   def __post_init__(self):
     if self.windows < 1 or self.steps_per_window < 1:
@@ -94,6 +95,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None =
                     "images (loading it counts as start-up).", flag_values=flag_values)
   flags.DEFINE_integer("num_examples", CIFAR_TRAIN_EXAMPLES, "Size of the random training set.",
                        flag_values=flag_values)
+  flags.DEFINE_float("warmup_seconds", Options.warmup_seconds, "Keep running untimed this long after the "
+                     "two warm-up dispatches, so that a GPU reaches its steady clocks.", flag_values=flag_values)
   flags.DEFINE_string("out", None, "Also write the results as JSON to this file.", flag_values=flag_values)
   flags.mark_flags_as_required(["config"], flag_values=flag_values)
 
@@ -101,7 +104,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None =
 def options_from_flags(values: flags.FlagValues) -> Options:
   variants = tuple(TORCH_VARIANTS) if "all" in values.torch else tuple(v for v in values.torch if v != "none")
   return Options(values.windows, values.steps_per_window, variants,
-                 values.real_data, values.num_examples)
+                 values.real_data, values.num_examples, values.warmup_seconds)
 
 
 def parse_command_line(args: list[str]) -> tuple[ml_collections.ConfigDict, Options, str | None]:
@@ -161,14 +164,18 @@ class OurStep:
     self.data = self.replicas.replicate({
         "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
     self.data_key = self.replicas.replicate(jax.random.key_data(data_key))  # as train_from passes it
+    self.orders = train.EpochOrders(config, self.replicas, data_key, len(dataset.train))
+    self.step = 0
     self.metrics = None
     jax.block_until_ready((self.state, self.data))
     self.startup_seconds = time.perf_counter() - start
 
   def run(self, steps: int) -> float:
     start = time.perf_counter()
-    for _ in range(steps // self.steps_per_dispatch):
-      self.state, self.metrics = self.train_fn(self.state, self.data, self.data_key)
+    for _ in range(steps // self.steps_per_dispatch):  # the epochs' orders computed as train_from does
+      orders = self.orders.for_dispatch_after(self.step)
+      self.state, self.metrics = self.train_fn(self.state, self.data, self.data_key, orders)
+      self.step += self.steps_per_dispatch
     jax.block_until_ready((self.state, self.metrics))
     return time.perf_counter() - start
 
@@ -256,10 +263,12 @@ def throughput(seconds: list[float], steps: int, batch_size: int) -> dict[str, A
           "windows": windows}
 
 
-def warm_up(side: Timed, steps: int) -> float:
-  """Runs `steps` twice, untimed for the benchmark: the first compiles. Returns the first's seconds."""
+def warm_up(side: Timed, steps: int, seconds: float = 0.0) -> float:
+  """Runs `steps` twice, then on for `seconds` more, untimed: the first compiles. Returns the first's seconds."""
   first = side.run(steps)
-  side.run(steps)
+  warm = side.run(steps)
+  while warm < seconds:
+    warm += side.run(steps)
   return first
 
 
@@ -268,13 +277,13 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
   if options.torch_variants:
     check_torch_installed()  # now, not after compiling ours
   ours = OurStep(config, options)
-  first_dispatch = warm_up(ours, config.steps_per_dispatch)
+  first_dispatch = warm_up(ours, config.steps_per_dispatch, options.warmup_seconds)
   ours_peak_host = peak_host_bytes()
   baselines = {}
   try:
     for variant in options.torch_variants:
       baselines[variant] = TorchStep(variant, config, ours.num_classes)
-    first_steps = {v: warm_up(b, 1) for v, b in baselines.items()}
+    first_steps = {v: warm_up(b, 1, options.warmup_seconds / 4) for v, b in baselines.items()}
     seconds = {name: [] for name in [OURS, *baselines]}
     for _ in range(options.windows):
       seconds[OURS].append(ours.run(options.steps_per_window))
@@ -294,6 +303,7 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
       "parallelism": config.parallelism,
       "steps_per_dispatch": config.steps_per_dispatch,
       "num_seeds": config.num_seeds,
+      "seed_batching": config.get("seed_batching", "auto"),
       "windows": options.windows,
       "steps_per_window": options.steps_per_window,
       "data": config.dataset.name if options.real_data else "random",

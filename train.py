@@ -291,18 +291,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   return state, jax.lax.pmean(metrics, AXIS)
 
 
-def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key_data: jax.Array, *,
+def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key_data: jax.Array, orders: jax.Array, *,
                          config: ml_collections.ConfigDict, num_devices: int) -> tuple[TrainState, dict]:
   """Builds this device's slice of the step's global batch from the on-device dataset, then steps.
 
-  `key_data` is jax.random.key_data of the run's data key.
+  `key_data` is jax.random.key_data of the run's data key; `orders` the epochs' example
+  orders from `EpochOrders`.
   """
-  order_key, augment_key, dropout_key = jax.random.split(jax.random.wrap_key_data(key_data), 3)
+  _, augment_key, dropout_key = data_keys(key_data)
   step = state.step
   global_batch = config.batch_size
   local_batch = global_batch // num_devices
   start = jax.lax.axis_index(AXIS) * local_batch
-  indices = input_pipeline.global_batch_indices(order_key, step, len(data["label"]), global_batch)
+  indices = input_pipeline.batch_indices(orders, step, global_batch)
   mine = lambda x: jax.lax.dynamic_slice_in_dim(x, start, local_batch)
   local = mine(indices)
   images = input_pipeline.augment(data["image"][local], data["mean"], jax.random.fold_in(augment_key, step),
@@ -313,8 +314,40 @@ def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key_data
                     log_grad_norms=config.log_grad_norms)
 
 
-def steps_on_device(config: ml_collections.ConfigDict, num_devices: int,
-                    steps: int) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict]]:
+def data_keys(key_data: jax.Array) -> jax.Array:
+  """The keys of data order, augmentation and dropout [3], from a seed's data key as raw key data."""
+  return jax.random.split(jax.random.wrap_key_data(key_data), 3)
+
+
+class EpochOrders:
+  """The example orders of the epochs a dispatch can reach, on the devices, for every seed.
+
+  Each epoch's order (a permutation of all examples, a sort) is computed when the loop
+  enters the epoch, not in every step, on the devices that run the step: the batches
+  are those input_pipeline.global_batch_indices defines.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, replicas: parallel.Replicas, data_key: jax.Array,
+               num_examples: int):
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(num_examples, config.batch_size)
+    # A dispatch starting in epoch e reaches e + 1 (or further when it is longer than an epoch).
+    num_epochs = (config.steps_per_dispatch - 1) // self.steps_per_epoch + 2
+    orders = lambda key_data, epoch: input_pipeline.epoch_orders(
+        data_keys(key_data)[0], epoch, num_epochs, num_examples)
+    self._orders = jax.jit(jax.vmap(orders, in_axes=(0, None)) if config.num_seeds > 1 else orders)
+    self._key_data, self._replicas = jax.random.key_data(data_key), replicas
+    self._epoch, self._replicated = None, None
+
+  def for_dispatch_after(self, step: int) -> jax.Array:
+    """The orders (replicated) of a dispatch whose first step follows `step` completed ones."""
+    epoch = step // self.steps_per_epoch
+    if epoch != self._epoch:
+      self._epoch, self._replicated = epoch, self._replicas.replicate(self._orders(self._key_data, epoch))
+    return self._replicated
+
+
+def steps_on_device(config: ml_collections.ConfigDict, num_devices: int, steps: int
+                    ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array, jax.Array], tuple[TrainState, dict]]:
   """The per-device function one dispatch runs: `steps` train steps of every seed.
 
   This is where the loop's speed tricks live, both plain JAX transformations of
@@ -328,16 +361,16 @@ def steps_on_device(config: ml_collections.ConfigDict, num_devices: int,
   Metrics come back per step: [steps] or [steps, seeds].
   """
   step = functools.partial(train_step_on_device, config=config, num_devices=num_devices)
-  step = over_seeds(step, config, in_axes=(0, None, 0))
+  step = over_seeds(step, config, in_axes=(0, None, 0, 0))
 
   if steps == 1:  # no scan: XLA's CPU backend runs convolutions inside a loop many times slower
-    def one_step(state, data, key_data):
-      state, metrics = step(state, data, key_data)
+    def one_step(state, data, key_data, orders):
+      state, metrics = step(state, data, key_data, orders)
       return state, jax.tree_util.tree_map(lambda m: m[None], metrics)
     return one_step
 
-  def run(state, data, key_data):
-    return jax.lax.scan(lambda s, _: step(s, data, key_data), state, length=steps)
+  def run(state, data, key_data, orders):
+    return jax.lax.scan(lambda s, _: step(s, data, key_data, orders), state, length=steps)
   return run
 
 
@@ -583,6 +616,7 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
       "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
   # As raw key data: pmap refuses a typed key array that spans several processes.
   key_data = replicas.replicate(jax.random.key_data(data_key))
+  orders = EpochOrders(config, replicas, data_key, len(dataset.train))
 
   def save(step: int) -> None:
     copy = replicas.single_copy(state)
@@ -602,7 +636,7 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
   with writer:
     while step < config.total_steps:
       steps = dispatch_size(step, config)
-      state, metrics = dispatch[steps](state, train_data, key_data)
+      state, metrics = dispatch[steps](state, train_data, key_data, orders.for_dispatch_after(step))
       step += steps
       window.append(metrics)
       if window_first_step is None:  # this dispatch compiles; time it alone, leave it out of throughput

@@ -15,7 +15,7 @@ this gradient is a convolution with the whole feature map as its kernel, which r
 Benchmarks section). On GPU and TPU the vendors' libraries are fast, so there it is lax's.
 
 `use_fast_xla_cpu_flags()` keeps XLA's CPU convolutions its own rather than YNNPACK's
-(XLA_CPU_FLAGS); the entry points call it before JAX starts.
+(XLA_CPU_FLAGS) where the backend will be the CPU; the entry points call it before JAX starts.
 
 `weight_grad(mode)` chooses for the code traced inside it: "auto" (patches on CPU, lax
 elsewhere), "patches" or "lax". train.py traces the model under config.conv_weight_grad.
@@ -24,8 +24,11 @@ elsewhere), "patches" or "lax". train.py traces the model under config.conv_weig
 import contextlib
 import contextvars
 import functools
+import importlib.metadata
+import importlib.util
 import os
-from typing import Any, Iterator, Sequence
+import pkgutil
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,16 +46,52 @@ _mode = contextvars.ContextVar("conv_weight_grad", default="auto")
 
 # XLA's CPU backend hands convolutions to YNNPACK by default. On a CIFAR ResNet's layers
 # its own (Eigen) convolutions are faster: 16x16x32 and 8x8x64 layers 2x, the whole
-# ResNet-56 step 1.3x (README, "What makes the step fast"). The flag only touches CPU
-# compilation, so it is harmless where the devices are GPUs or TPUs.
+# ResNet-56 step 1.3x (README, "What makes the step fast"). Only where the backend is
+# CPU: an XLA built without the flag (another version, another platform) aborts on it.
 XLA_CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
 
 
+def accelerator_plugins() -> list[str]:
+  """The installed modules that give JAX a GPU or TPU backend: PJRT plugins (the
+  `jax_plugins` namespace package or entry points, as jax finds them) and libtpu."""
+  found = []
+  try:
+    import jax_plugins  # pylint: disable=g-import-not-at-top
+    found += [name for _, name, _ in pkgutil.iter_modules(jax_plugins.__path__)]
+  except ImportError:
+    pass
+  found += [entry.name for entry in importlib.metadata.entry_points(group="jax_plugins")]
+  if importlib.util.find_spec("libtpu") is not None:
+    found.append("libtpu")
+  return sorted(set(found))
+
+
+def requested_platforms() -> str:
+  """JAX_PLATFORMS (or jax.config.update("jax_platforms", ...) before JAX started): "" for any."""
+  return jax.config.jax_platforms or ""
+
+
+def backend_will_be_cpu(platforms: str, plugins: Sequence[str], environ: Mapping[str, str]) -> bool:
+  """Whether JAX's default backend, once started, will be the CPU.
+
+  XLA reads XLA_FLAGS when the backend starts, so this is decided before, from what is
+  known then: the platforms asked for (JAX_PLATFORMS, first one wins), else whether any
+  accelerator plugin is installed (or named in PJRT_NAMES_AND_LIBRARY_PATHS). A plugin
+  without its device makes JAX fall back to the CPU without the flag: slower, never aborted.
+  """
+  if platforms.strip():
+    return platforms.split(",")[0].strip().lower() == "cpu"
+  return not plugins and not environ.get("PJRT_NAMES_AND_LIBRARY_PATHS")
+
+
 def use_fast_xla_cpu_flags() -> None:
-  """Adds XLA_CPU_FLAGS to $XLA_FLAGS, leaving any of them the user set alone.
+  """Adds XLA_CPU_FLAGS to $XLA_FLAGS where the backend will be the CPU, leaving any of them
+  the user set alone.
 
   Call it before JAX starts its backends (train.py, eval.py and bench.py do so first thing in main).
   """
+  if not backend_will_be_cpu(requested_platforms(), accelerator_plugins(), os.environ):
+    return
   flags = os.environ.get("XLA_FLAGS", "")
   added = [f"--{name}={value}" for name, value in XLA_CPU_FLAGS.items() if f"--{name}" not in flags]
   os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
@@ -94,6 +133,14 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), precision)
+
+
+class ConvGeneralDilated:
+  """What flax's nn.Conv(conv_general_dilated_cls=...) wants: a class whose instances are
+  `conv_general_dilated` above (flax calls the class with no arguments, then the instance)."""
+
+  def __call__(self, *args, **kwargs) -> jax.Array:
+    return conv_general_dilated(*args, **kwargs)
 
 
 def is_nhwc_hwio(dimension_numbers: Any, lhs_shape: Sequence[int], rhs_shape: Sequence[int]) -> bool:

@@ -25,12 +25,13 @@ def conv_factory(dtype: Any, use_bias: bool = False) -> Callable[..., nn.Module]
 
   Symmetric padding of k//2, as in the papers (Caffe, Torch): XLA's "SAME" would pad a
   stride-2 conv on the bottom/right only and shift the sampling grid. The convolution is
-  cpu_conv's: lax's, with a weight gradient that XLA runs fast on CPU.
+  cpu_conv's: lax's, with a weight gradient that XLA runs fast on CPU. It goes in through
+  `conv_general_dilated_cls`: flax deprecates the `conv_general_dilated` field.
   """
   return lambda features, kernel, strides=1, padding=None, **kw: nn.Conv(
       features, kernel, strides, padding=padding or [(k // 2, k // 2) for k in kernel],
       use_bias=use_bias, kernel_init=he_normal, dtype=dtype,
-      conv_general_dilated=cpu_conv.conv_general_dilated, **kw)
+      conv_general_dilated_cls=cpu_conv.ConvGeneralDilated, **kw)
 
 
 def norm_factory(train: bool, dtype: Any, axis_name: str | None, momentum: float = 0.9,

@@ -1,9 +1,18 @@
-"""Eight fake CPU devices for every test (set before JAX starts), and shared fixtures."""
+"""Eight fake CPU devices for every test (set before JAX starts), and shared fixtures.
+
+On a GPU or TPU the tests run on its devices: those that need more devices than there
+are, or results only a CPU gives (bitwise equal runs, the CPU's own code paths), skip
+with the reason; float32 comparisons keep the CPU's tolerances by running convolutions
+and matmuls at ACCELERATOR_PRECISION instead of TF32 or bfloat16 passes.
+"""
 
 import os
 
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
+# On a GPU, JAX would hold 75% of its memory from the start in this process, starving
+# the tests' subprocesses (train.py runs, PyTorch twins); inherited by them all.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
@@ -16,6 +25,21 @@ from configs import default  # pylint: disable=g-import-not-at-top
 jax.config.update("jax_compilation_cache_dir", os.path.join(
     os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "depthlab", "jax-test-cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+ON_CPU = jax.default_backend() == "cpu"
+ACCELERATOR_PRECISION = "highest"  # float32 passes: comparisons hold at the CPU's tolerances
+if not ON_CPU:
+  jax.config.update("jax_default_matmul_precision", ACCELERATOR_PRECISION)
+
+requires_cpu = pytest.mark.skipif(
+    not ON_CPU, reason=f"the default backend is {jax.default_backend()}: the test checks what only the CPU gives")
+
+
+def requires_devices(count: int) -> pytest.MarkDecorator:
+  """Skips a test that trains on `count` devices where there are fewer (one GPU, not 8 fake CPUs)."""
+  return pytest.mark.skipif(
+      jax.device_count() < count,
+      reason=f"needs {count} devices; the {jax.default_backend()} backend has {jax.device_count()}")
 
 
 def real_cifar10_dir() -> str | None:

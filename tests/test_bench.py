@@ -51,6 +51,18 @@ def test_flags_give_the_options():
   assert bench.parse_command_line([*TINY, "--torch=fp32,bf16"])[1].torch_variants == ("fp32", "bf16")
 
 
+def test_warm_up_runs_on_untimed_until_the_seconds_asked_have_passed():
+  class Clock:  # a side whose dispatches take 0.5 s each
+    runs = 0
+    def run(self, steps):
+      self.runs += 1
+      return 0.5
+  side = Clock()
+  assert bench.warm_up(side, 1) == 0.5 and side.runs == 2
+  assert bench.warm_up(side, 1, seconds=2.0) == 0.5 and side.runs == 2 + 5  # 0.5 s x 4 after the compiling one
+  assert bench.parse_command_line([*TINY, "--warmup_seconds=3"])[1].warmup_seconds == 3.0
+
+
 def test_bad_options_are_errors_that_say_what_to_change():
   config, _, _ = bench.parse_command_line([*TINY, "--config.steps_per_dispatch=3"])
   with pytest.raises(ValueError, match="not a multiple of --config.steps_per_dispatch=3"):
@@ -74,7 +86,7 @@ def test_bench_writes_json_with_the_expected_keys_and_positive_figures(tmp_path)
   assert "peak_device_bytes" in ours and np.isfinite(ours["train_loss"])
   assert result["startup_s"] > 0 and result["import_s"] > 0 and result["process_peak_host_bytes"] > 0
   assert result["projected_total_s"] == pytest.approx(64_000 * ours["ms_per_step"] / 1000)
-  assert result["device"]["platform"] == "cpu" and result["device"]["count"] == 1
+  assert result["device"]["platform"] == jax.default_backend() and result["device"]["count"] == 1
   assert (result["net"], result["batch_size"], result["dtype"], result["data"]) == ("resnet8", 16, "float32", "random")
   assert result["num_params"] == 75_290 and result["torch"] == {}
   assert "depthlab images/s" in table and "projected 64,000 steps" in table
@@ -148,7 +160,7 @@ def test_summary_table_has_a_row_per_run_naming_its_seeds(tmp_path):
   result, _ = run_tiny(tmp_path)
   rows = [line.split("|") for line in summarize.markdown_table([result, dict(result, num_seeds=4)]).splitlines()]
   assert [cell.strip() for cell in rows[0][1:5]] == ["net", "dtype", "steps/dispatch", "seeds"]
-  assert [row[4].strip() for row in rows[2:]] == ["1", "4"]
+  assert [row[4].strip() for row in rows[2:]] == ["1", "4 (auto)"]
   assert all(row[1].strip() == "resnet8" for row in rows[2:])
 
 

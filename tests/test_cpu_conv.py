@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from nets import cpu_conv
+from nets import cpu_conv, layers
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -89,15 +89,79 @@ def test_the_mode_picks_the_weight_gradient():
       pass
 
 
-def test_fast_xla_cpu_flags_are_added_once_and_leave_the_users_own(monkeypatch):
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+def test_the_nets_convolutions_are_cpu_conv_s_through_flax_s_current_field():
+  conv = layers.conv_factory(jnp.float32)(4, (3, 3))
+  # flax marks `conv_general_dilated` "Deprecated. Will be removed."; a newer flax would break every net.
+  assert conv.conv_general_dilated is None
+  x = jnp.ones((2, 8, 8, 4))
+  params = conv.init(jax.random.key(0), x)
+
+  def traced_gradient(mode):  # a new function each time: jax caches traces by function
+    with cpu_conv.weight_grad(mode):
+      return str(jax.make_jaxpr(lambda p: jax.grad(lambda p: conv.apply(p, x).sum())(p))(params))
+  assert "custom_vjp" in traced_gradient("patches") and "custom_vjp" not in traced_gradient("lax")
+
+
+@pytest.fixture
+def cpu_backend_ahead(monkeypatch):
+  """What use_fast_xla_cpu_flags sees where JAX is going to start on the CPU."""
+  monkeypatch.setattr(cpu_conv, "requested_platforms", lambda: "")
+  monkeypatch.setattr(cpu_conv, "accelerator_plugins", lambda: [])
+  monkeypatch.delenv("PJRT_NAMES_AND_LIBRARY_PATHS", raising=False)
+  return monkeypatch
+
+
+def test_fast_xla_cpu_flags_are_added_once_and_leave_the_users_own(cpu_backend_ahead):
+  cpu_backend_ahead.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
   cpu_conv.use_fast_xla_cpu_flags()
   cpu_conv.use_fast_xla_cpu_flags()
   assert os.environ["XLA_FLAGS"].split() == [
       "--xla_force_host_platform_device_count=2", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"]
-  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+  cpu_backend_ahead.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
   cpu_conv.use_fast_xla_cpu_flags()
   assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+
+
+@pytest.mark.parametrize("platforms, plugins, environ, cpu", [
+    ("", [], {}, True),  # a CPU-only jax
+    ("cpu", ["xla_cuda12"], {}, True),  # JAX_PLATFORMS=cpu beside a CUDA plugin
+    ("", ["xla_cuda12"], {}, False),  # jax[cuda12]
+    ("", ["libtpu"], {}, False),
+    ("cuda", [], {}, False),
+    ("tpu,cpu", [], {}, False),  # the first platform is the default one
+    (" CPU ,cuda", ["xla_cuda12"], {}, True),
+    ("", [], {"PJRT_NAMES_AND_LIBRARY_PATHS": "gpu:/opt/libgpu.so"}, False),
+])
+def test_the_backend_is_foreseen_from_the_platforms_asked_and_the_plugins_installed(platforms, plugins, environ, cpu):
+  assert cpu_conv.backend_will_be_cpu(platforms, plugins, environ) is cpu
+
+
+def test_no_cpu_flag_where_the_backend_will_be_an_accelerator(cpu_backend_ahead):
+  cpu_backend_ahead.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/dump")
+  cpu_backend_ahead.setattr(cpu_conv, "accelerator_plugins", lambda: ["xla_cuda12"])
+  cpu_conv.use_fast_xla_cpu_flags()
+  assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/dump"
+  cpu_backend_ahead.setattr(cpu_conv, "requested_platforms", lambda: "cpu")
+  cpu_conv.use_fast_xla_cpu_flags()
+  assert "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in os.environ["XLA_FLAGS"]
+
+
+def test_an_installed_plugin_is_found_as_jax_finds_it(tmp_path):
+  # A fake jax[cuda] in a fresh process: a module in the jax_plugins namespace package.
+  (tmp_path / "jax_plugins" / "xla_fake_gpu").mkdir(parents=True)
+  (tmp_path / "jax_plugins" / "xla_fake_gpu" / "__init__.py").write_text("")
+  script = textwrap.dedent("""
+      import os
+      from nets import cpu_conv
+      print("plugins:", cpu_conv.accelerator_plugins())
+      cpu_conv.use_fast_xla_cpu_flags()
+      print("XLA_FLAGS:", repr(os.environ["XLA_FLAGS"]))
+      """)
+  env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "XLA_FLAGS": "", "JAX_PLATFORMS": ""}
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "xla_fake_gpu" in done.stdout and "XLA_FLAGS: ''" in done.stdout
 
 
 def test_installed_xla_accepts_the_flags_and_keeps_convolutions_from_ynnpack():
@@ -106,7 +170,7 @@ def test_installed_xla_accepts_the_flags_and_keeps_convolutions_from_ynnpack():
   script = textwrap.dedent("""
       import jax, jax.numpy as jnp
       from jax import lax
-      from nets import cpu_conv
+      from nets import cpu_conv, layers
       cpu_conv.use_fast_xla_cpu_flags()
       conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=cpu_conv.NHWC)
       hlo = jax.jit(conv).lower(jnp.ones((128, 8, 8, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text()

@@ -4,23 +4,25 @@ compare draws the paper's figure and table from the runs' metrics."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 import eval as eval_lib
 import train
 from configs import default
+from tests.conftest import requires_devices
 from writers import read_metrics
 
 
 @pytest.fixture
 def finished_run(mock_cifar10, tiny_config, tmp_path):
-  tiny_config.num_devices, tiny_config.checkpoint_every_steps = 2, 2
+  tiny_config.num_devices, tiny_config.checkpoint_every_steps = min(2, jax.device_count()), 2
   train.train_and_evaluate(tiny_config, str(tmp_path))
   return tmp_path
 
 
-@pytest.mark.parametrize("num_devices", [1, 4])
+@pytest.mark.parametrize("num_devices", [1, pytest.param(4, marks=requires_devices(4))])
 def test_eval_reproduces_the_logged_test_error_on_other_device_counts(finished_run, num_devices):
   results = eval_lib.evaluate_checkpoint(str(finished_run), num_devices=num_devices)
   logged = read_metrics(finished_run)[-1]
@@ -153,6 +155,7 @@ def test_a_several_seed_run_compares_as_its_seeds(sweep_dir):
   assert len(residual.collections) == 2  # a band for each net with two seeds: ResNet-20 and ResNet-44
 
 
+@requires_devices(2)
 def test_eval_of_a_several_seed_run_gives_each_seed_its_logged_error(mock_cifar10, tiny_config, tmp_path):
   tiny_config.num_seeds = 2
   train.train_and_evaluate(tiny_config, str(tmp_path))

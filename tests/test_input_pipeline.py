@@ -68,6 +68,28 @@ def test_each_epoch_visits_every_example_once_in_a_new_order():
   assert not np.array_equal(first, second)
 
 
+def batch_before_epoch_orders(key, step, num_examples, batch_size):
+  """global_batch_indices as it was before the orders were computed once per epoch: the reference."""
+  epoch, position = divmod(step, num_examples // batch_size)
+  order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+  return order[position * batch_size:(position + 1) * batch_size]
+
+
+@pytest.mark.parametrize("num_examples, batch_size, num_epochs", [(100, 10, 2), (25, 10, 2), (50_000, 128, 3)])
+def test_batches_read_from_the_epochs_orders_are_today_s(num_examples, batch_size, num_epochs):
+  key, steps = jax.random.key(7), num_examples // batch_size
+  read = jax.jit(input_pipeline.batch_indices, static_argnums=2)
+  for first_epoch in range(3):
+    orders = input_pipeline.epoch_orders(key, first_epoch, num_epochs, num_examples)
+    # Every step of the epochs the orders hold, the last of one and the first of the next included.
+    for step in sorted({first_epoch * steps, (first_epoch + 1) * steps - 1, (first_epoch + 1) * steps,
+                        (first_epoch + num_epochs) * steps - 1} | set(range(first_epoch * steps, first_epoch * steps + 3))):
+      np.testing.assert_array_equal(read(orders, step, batch_size),
+                                    batch_before_epoch_orders(key, step, num_examples, batch_size))
+      np.testing.assert_array_equal(input_pipeline.global_batch_indices(key, step, num_examples, batch_size),
+                                    batch_before_epoch_orders(key, step, num_examples, batch_size))
+
+
 def test_last_partial_batch_of_an_epoch_is_skipped():
   indices = [input_pipeline.global_batch_indices(jax.random.key(0), s, 25, 10) for s in range(2)]
   assert len(set(np.concatenate(indices).tolist())) == 20

@@ -15,10 +15,12 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
+import input_pipeline
+import parallel
 import train
 from writers import read_metrics
 from configs import default
-from tests.conftest import real_cifar10_dir, requires_cifar10
+from tests.conftest import real_cifar10_dir, requires_cifar10, requires_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,6 +150,7 @@ def losses_by(config, tmp_path, field, values):
   return losses
 
 
+@requires_devices(8)
 @pytest.mark.parametrize("num_devices", [2, 8])
 def test_cross_replica_bn_on_n_devices_matches_one_device(mock_cifar10, tiny_config, tmp_path, num_devices):
   tiny_config.cross_replica_bn, tiny_config.log_every_steps = True, 1
@@ -155,6 +158,7 @@ def test_cross_replica_bn_on_n_devices_matches_one_device(mock_cifar10, tiny_con
   np.testing.assert_allclose(losses[num_devices], losses[1], rtol=2e-4)
 
 
+@requires_devices(4)
 @pytest.mark.parametrize("cross_replica_bn", [False, True])
 def test_shard_map_gives_the_same_result_as_pmap(mock_cifar10, tiny_config, tmp_path, cross_replica_bn):
   tiny_config.num_devices, tiny_config.log_every_steps = 4, 1
@@ -192,6 +196,30 @@ def test_several_steps_per_dispatch_train_as_the_same_steps_one_by_one(mock_cifa
     assert [step for step, _ in runs[n][1:]] == [4, 8]
     np.testing.assert_allclose([loss for _, loss in runs[n][1:]], [loss for _, loss in runs[1][1:]], rtol=1e-4)
     np.testing.assert_allclose(runs[n][0], runs[1][0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_seeds", [1, 2])
+def test_dispatches_read_each_seed_s_batches_from_orders_computed_once_per_epoch(tiny_config, num_seeds):
+  # 40 examples in batches of 16: 2 steps an epoch; dispatches of 5 steps reach 3 epochs.
+  tiny_config.num_seeds, tiny_config.steps_per_dispatch = num_seeds, 5
+  replicas = parallel.Replicas("pmap", num_devices=1)
+  _, data_key = train.run_keys(tiny_config)
+  orders = train.EpochOrders(tiny_config, replicas, data_key, num_examples=40)
+  computed = []
+  orders._orders = functools.partial(lambda compute, *args: computed.append(args[1]) or compute(*args), orders._orders)
+  seed_keys = [data_key] if num_seeds == 1 else list(data_key)
+  read = jax.jit(input_pipeline.batch_indices, static_argnums=2)
+  for first_step in range(0, 20, 5):
+    held = replicas.to_host(orders.for_dispatch_after(first_step))
+    for seed, key in enumerate(seed_keys):
+      order_key = train.data_keys(jax.random.key_data(key))[0]
+      for step in range(first_step, first_step + 5):
+        np.testing.assert_array_equal(read(held if num_seeds == 1 else held[seed], step, 16),
+                                      input_pipeline.global_batch_indices(order_key, step, 40, 16))
+  assert computed == [0, 2, 5, 7]  # on entering a new epoch only
+  orders.for_dispatch_after(19)
+  orders.for_dispatch_after(18)  # the same epoch: the same orders
+  assert computed == [0, 2, 5, 7, 9]
 
 
 def test_the_conv_weight_gradient_by_patches_trains_as_lax_s(mock_cifar10, tiny_config, tmp_path):
@@ -236,6 +264,7 @@ def test_several_seeds_resume_from_their_checkpoint(mock_cifar10, tiny_config, t
     np.testing.assert_allclose(resumed[key], whole[key], rtol=1e-4)
 
 
+@requires_devices(4)
 def test_several_seeds_on_several_devices_match_one_device(mock_cifar10, tiny_config, tmp_path):
   tiny_config.num_seeds, tiny_config.cross_replica_bn = 2, True
   finals = {}
@@ -258,6 +287,7 @@ def test_an_imagenet_resnet_trains_and_evaluates_on_imagenette_sized_input(tiny_
   assert final["test_examples"] == 16 and np.isfinite(final["train_loss"]) and final["num_params"] == 11_181_642
 
 
+@requires_devices(3)
 def test_batch_that_does_not_divide_over_devices_is_an_error(tiny_config, tmp_path):
   tiny_config.num_devices = 3
   with pytest.raises(ValueError, match="batch_size 16 does not divide over 3 devices"):
