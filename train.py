@@ -207,49 +207,60 @@ class TrainingCollapsed(RuntimeError):
 
 class CollapseWatch:
   """Finds a run whose net has stopped learning: training loss and error at chance
-  (`at_chance`) in config.collapse_windows log lines in a row, all after the warm-up.
+  (`at_chance`) in every log line for config.collapse_steps steps in a row, all after the
+  warm-up.
 
   A net that blew up in its first steps and came back with dead units predicts one class
-  for every image; before the warm-up ends a fresh net is near chance too, hence the wait.
+  for every image. A fresh net starts near chance too, and a deep plain net can stay there
+  for a while before it learns, hence the wait after the warm-up and the long stretch.
   With several seeds each seed is watched on its own.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
-    self.windows_needed = config.collapse_windows
+    self.steps_needed = config.collapse_steps
+    self.log_every_steps = config.log_every_steps
     self.watch_from = config.warmup_steps + config.log_every_steps  # first window fully after warm-up
     self.num_classes = num_classes
     self.prefixes = [""] if config.num_seeds == 1 else [f"seed{s}/" for s in seeds(config)]
-    self.windows_at_chance = {p: 0 for p in self.prefixes}
+    self.at_chance_since = {p: None for p in self.prefixes}  # first step of the stretch at chance
+    self.dead = set()
 
   def update(self, step: int, line: dict[str, float]) -> list[str]:
-    """Counts this log line; returns the seeds ("" for a one-seed run) that have just been at
-    chance for collapse_windows lines in a row."""
+    """Counts this log line (the mean of the steps since the last one); returns the seeds ("" for
+    a one-seed run) whose stretch at chance has just reached collapse_steps steps."""
     if step < self.watch_from:
       return []
     newly = []
     for p in self.prefixes:
-      dead = at_chance(line[f"{p}train_loss"], line[f"{p}train_error"], self.num_classes)
-      self.windows_at_chance[p] = self.windows_at_chance[p] + 1 if dead else 0
-      if self.windows_at_chance[p] == self.windows_needed:
+      if not at_chance(line[f"{p}train_loss"], line[f"{p}train_error"], self.num_classes):
+        self.at_chance_since[p] = None
+        continue
+      if self.at_chance_since[p] is None:
+        self.at_chance_since[p] = step - self.log_every_steps + 1
+      if step - self.at_chance_since[p] + 1 >= self.steps_needed and p not in self.dead:
+        self.dead.add(p)
         newly.append(p)
     return newly
 
+  def since(self, prefix: str) -> int:
+    """The first step of the seed's stretch at chance."""
+    return self.at_chance_since[prefix]
+
   def all_dead(self) -> bool:
-    return all(n >= self.windows_needed for n in self.windows_at_chance.values())
+    return len(self.dead) == len(self.prefixes)
 
 
-def collapse_message(config: ml_collections.ConfigDict, who: list[str], step: int, line: dict[str, float],
-                     num_classes: int) -> tuple[str, str]:
+def collapse_message(config: ml_collections.ConfigDict, who: list[str], first: int, step: int,
+                     line: dict[str, float], num_classes: int) -> tuple[str, str]:
   """The alarm's title and text: what was seen, the likely cause and the fix."""
   name = run_name(config) + (f" ({', '.join(p.rstrip('/') for p in who)})" if who != [""] else "")
   p = who[0]
-  first = step - config.collapse_windows * config.log_every_steps + 1
   title = f"{name} is at chance: its net has stopped learning"
   text = (f"Training loss {line[f'{p}train_loss']:.3f} (ln {num_classes} = {math.log(num_classes):.3f}) and error "
-          f"{100 * line[f'{p}train_error']:.1f}% over steps {first}-{step}, after the warm-up. Likely cause: the "
-          "first steps at the full learning rate blew the net up and left it predicting one class. Fix: warm up "
-          f"longer (--config.warmup_steps, now {config.warmup_steps}) or lower --config.learning_rate "
-          f"(now {config.learning_rate}); see README, 'The recipe'.")
+          f"{100 * line[f'{p}train_error']:.1f}% in every log line of steps {first}-{step}, after the warm-up. "
+          "Likely cause: the first steps at the full learning rate blew the net up and left it predicting one "
+          f"class. Fix: warm up longer (--config.warmup_steps, now {config.warmup_steps}) or lower "
+          f"--config.learning_rate (now {config.learning_rate}); see README, 'The recipe'.")
   return title, text
 
 
@@ -667,7 +678,8 @@ def train_from(config: ml_collections.ConfigDict, workdir: str, replicas: parall
         writer.progress(step, line, seconds_per_step)
       collapsed = collapse.update(step, line) if "train_loss" in line else []
       if collapsed:
-        writer.alert(*collapse_message(config, collapsed, step, line, dataset.num_classes))
+        writer.alert(*collapse_message(config, collapsed, collapse.since(collapsed[0]), step, line,
+                                       dataset.num_classes))
         writer.summarize({"collapsed_at_step": step})
       stop_collapsed = config.stop_on_collapse and collapsed and collapse.all_dead() and not last
       signum = agreed_stop_signal(

@@ -33,7 +33,7 @@ EXIT_FAILURE = 1
 
 # Fields that must be at least 1, at least 0, and choices: what each may be.
 AT_LEAST_ONE = ("batch_size", "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-                "keep_checkpoints", "eval_batch_size", "steps_per_dispatch", "num_seeds", "collapse_windows")
+                "keep_checkpoints", "eval_batch_size", "steps_per_dispatch", "num_seeds", "collapse_steps")
 AT_LEAST_ZERO = ("warmup_steps", "num_devices", "seed", "weight_decay", "aux_loss_weight",
                  "dataset.validation_size", "dataset.crop_padding", "dataset.image_size")
 CHOICES = {"dtype": DTYPES, "parallelism": parallel.MODES, "conv_weight_grad": cpu_conv.MODES,
@@ -151,16 +151,15 @@ def model_problems(config: ml_collections.ConfigDict) -> list[str]:
   problems = []
   try:
     if model.name == "cifar_resnet":
-      cifar_resnet.blocks_per_stage(model.get("depth", 56))
-      if model.get("shortcut", "A") not in cifar_resnet.SHORTCUTS:
-        problems.append(f"model.shortcut = {model.shortcut!r}: set --config.model.shortcut to one of "
-                        f"{', '.join(cifar_resnet.SHORTCUTS)}.")
+      fields = _net_fields("cifar_resnet")
+      cifar_resnet.check_options(*(model.get(k, fields[k].default)
+                                   for k in ("depth", "residual", "shortcut", "zero_init_residual")))
     elif model.name == "preact_resnet":
       fields = _net_fields("preact_resnet")
       preact_resnet.units_per_stage(model.get("depth", fields["depth"].default),
                                     model.get("bottleneck", fields["bottleneck"].default))
   except ValueError as e:
-    problems.append(f"model.depth = {model.get('depth')!r}: {e}")
+    problems.append(str(e))
   return problems
 
 

@@ -53,8 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed_batching = "auto"  # several seeds: "vmap" (fills an accelerator), "loop" (faster on CPU), auto: loop on CPU
 
   config.log_every_steps = 100  # write training metrics (averaged since the last line) this often
-  config.collapse_windows = 5  # log lines in a row at chance, after the warm-up, that raise the alarm
-  config.stop_on_collapse = True  # and then stop (checkpoint kept): a dead net rarely recovers; False trains on
+  config.collapse_steps = 2_000  # steps in a row at chance (every log line), after the warm-up, that raise the alarm
+  config.stop_on_collapse = True  # and then stop, the checkpoint kept (README: a dead run); False trains on
   config.log_grad_norms = False  # also log the gradient norm of each block (grad_norm/<block>)
   config.eval_every_steps = 1_000  # evaluate the whole test split this often, and at the end
   config.checkpoint_every_steps = 1_000  # save the train state this often, and at the end

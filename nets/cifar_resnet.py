@@ -38,6 +38,18 @@ def blocks_per_stage(depth: int) -> int:
   return (depth - 2) // 6
 
 
+def check_options(depth: int, residual: bool, shortcut: str, zero_init_residual: bool) -> int:
+  """Returns n for a depth 6n+2; raises ValueError naming the field and the fix for options
+  the net cannot be built with."""
+  n = blocks_per_stage(depth)
+  if shortcut not in SHORTCUTS:
+    raise ValueError(f"model.shortcut must be one of {SHORTCUTS}; got {shortcut!r}.")
+  if zero_init_residual and not residual:
+    raise ValueError("model.zero_init_residual needs a residual net: a plain net's blocks would all start "
+                     "at zero. Set --config.model.zero_init_residual=False for model.residual=False.")
+  return n
+
+
 class ShortcutA(nn.Module):
   """Parameter-free shortcut: stride-2 subsampling, new channels zero."""
   features: int
@@ -92,12 +104,7 @@ class CifarResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    n = blocks_per_stage(self.depth)
-    if self.shortcut not in SHORTCUTS:
-      raise ValueError(f"model.shortcut must be one of {SHORTCUTS}; got {self.shortcut!r}.")
-    if self.zero_init_residual and not self.residual:
-      raise ValueError("model.zero_init_residual needs a residual net: a plain net's blocks would all start "
-                       "at zero. Set --config.model.zero_init_residual=False for model.residual=False.")
+    n = check_options(self.depth, self.residual, self.shortcut, self.zero_init_residual)
     conv = conv_factory(self.dtype)
     norm = norm_factory(train, self.dtype, self.axis_name, self.bn_momentum, self.bn_epsilon)
 

@@ -79,6 +79,7 @@ def make_tiny_config():
   config.model.depth = 8
   config.batch_size = 16
   config.total_steps = 4
+  config.warmup_steps = 0  # a few steps at the full rate: what the tests check does not need a warm-up
   config.log_every_steps = 2
   config.eval_every_steps = 4
   config.eval_batch_size = 64

@@ -316,7 +316,7 @@ def test_a_net_is_at_chance_when_loss_and_error_are_those_of_uniform_predictions
 
 def collapse_watch(**fields):
   config = default.get_config()
-  config.warmup_steps, config.log_every_steps, config.collapse_windows = 400, 100, 3
+  config.warmup_steps, config.log_every_steps, config.collapse_steps = 400, 100, 300
   config.update(fields)
   return train.CollapseWatch(config, num_classes=10)
 
@@ -324,11 +324,11 @@ def collapse_watch(**fields):
 DEAD, ALIVE = {"train_loss": 2.3026, "train_error": 0.9}, {"train_loss": 1.9, "train_error": 0.7}
 
 
-def test_the_alarm_counts_lines_at_chance_in_a_row_after_the_warm_up_only():
+def test_the_alarm_needs_collapse_steps_at_chance_in_a_row_after_the_warm_up():
   watch = collapse_watch()
   assert [watch.update(step, DEAD) for step in (100, 200, 300, 400)] == [[]] * 4  # warm-up windows
   assert watch.update(500, DEAD) == [] and watch.update(600, DEAD) == []
-  assert watch.update(700, DEAD) == [""]  # the third line at chance in a row
+  assert watch.update(700, DEAD) == [""] and watch.since("") == 401  # steps 401-700: 300 at chance
   assert watch.update(800, DEAD) == [] and watch.all_dead()  # raised once
   watch = collapse_watch()
   for step, line in [(500, DEAD), (600, DEAD), (700, ALIVE), (800, DEAD), (900, DEAD)]:
@@ -347,7 +347,7 @@ def collapsing_config(config):
   steps, and the net then gives every image the same (uniform) prediction."""
   config.weight_decay, config.warmup_steps = 5.0, 0
   config.batch_size, config.total_steps, config.log_every_steps = 64, 40, 5
-  config.checkpoint_every_steps, config.eval_every_steps, config.collapse_windows = 1000, 1000, 2
+  config.checkpoint_every_steps, config.eval_every_steps, config.collapse_steps = 1000, 1000, 10
   return config
 
 

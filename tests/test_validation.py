@@ -43,7 +43,9 @@ def test_a_value_out_of_range_names_the_field_and_the_fix(field, value, message)
 def test_an_unknown_model_or_a_depth_the_net_cannot_have_is_a_problem():
   config = default.get_config()
   config.model.depth = 21
-  assert "model.depth = 21: CIFAR ResNet depth must be 6n+2" in problems_of(config)
+  assert "CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202, ...); got 21" in problems_of(config)
+  config.model.depth, config.model.residual, config.model.zero_init_residual = 20, False, True
+  assert "zero_init_residual needs a residual net" in problems_of(config)
   config.model.name = "resnet57"
   assert "model.name = 'resnet57': unknown model" in problems_of(config)
 
