@@ -13,6 +13,7 @@ import yaml
 from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
 
 import train
+from configs import default
 from sweeps import run as runner
 from tests.test_train import REPO
 from writers import read_metrics
@@ -44,7 +45,7 @@ def test_each_run_gets_the_agents_argv_and_train_py_trains_the_intended_config(p
     assert args[0].startswith("--config=configs/"), "--config must come before the overrides"
     config, workdir = train.parse_command_line(args)
     for key, value in params.items():
-      assert config_value(config, key) == value, key
+      assert config_value(config, key) == (tuple(value) if isinstance(value, list) else value), key
     assert workdir == os.path.join("runs", sweep["name"], train.run_name(config))
 
 
@@ -53,6 +54,17 @@ def test_plain_vs_residual_is_the_papers_grid():
   assert sorted(run.name for run in runs) == sorted(
       f"{kind}{depth}" for kind in ("plain", "resnet") for depth in (20, 32, 44, 56, 110))
   assert all(run.config.total_steps == 64_000 and run.config.lr_boundaries == (32_000, 48_000) for run in runs)
+
+
+def test_reduced_fig6_is_fig6_at_20_and_56_layers_with_the_papers_schedule_scaled():
+  runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "fig6_reduced.yaml")))
+  assert [run.name for run in runs] == ["plain20", "plain56", "resnet20", "resnet56"]  # plain nets first
+  for run in runs:
+    paper = default.get_config()
+    scale = run.config.total_steps / paper.total_steps
+    assert run.config.total_steps >= 2_000
+    assert run.config.lr_boundaries == tuple(round(b * scale) for b in paper.lr_boundaries)
+    assert run.config.warmup_steps == paper.warmup_steps  # the recipe of every other run
 
 
 def test_seeds_and_shortcuts_sweeps_give_each_run_its_own_workdir():
