@@ -31,9 +31,9 @@ from ml_collections import config_flags
 
 import bench
 import checkpoints
-import eval as eval_py
 from nets import cpu_conv
 import train
+import validation
 import writers
 
 EARLY_STEPS = 20  # the window in which the paper's recipe blows up (largest loss over steps 1-20)
@@ -140,8 +140,9 @@ def measure(base: ml_collections.ConfigDict, nets_to_train: list[tuple[int, bool
 
 def draw_losses(results: list[dict[str, Any]], title: str) -> Any:
   """Each seed's training loss per step, plain nets left and residual right, a colour per depth."""
-  plt = eval_py._pyplot()
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")  # files only: works without a display
+  from matplotlib import pyplot as plt, ticker  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
   colours = dict(zip(sorted({r["config"]["model"]["depth"] for r in results}), plt.get_cmap("tab10").colors))
   for ax, residual in zip(axes, (False, True)):
@@ -169,11 +170,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cpu_conv.use_fast_xla_cpu_flags()
-  nets_to_train = [(int(d), r.lower() == "true") for r in FLAGS.residual for d in FLAGS.depths]
-  results = measure(FLAGS.config, nets_to_train, FLAGS.steps, FLAGS.out)
+  with validation.user_errors_as_messages():
+    nets_to_train = [(int(d), r.lower() == "true") for r in FLAGS.residual for d in FLAGS.depths]
+    for depth, residual in nets_to_train:  # every net's problems before any net trains
+      validation.validate_config(net_config(FLAGS.config, depth, residual))
+    results = measure(FLAGS.config, nets_to_train, FLAGS.steps, FLAGS.out)
   print(format_table(results), flush=True)
   if FLAGS.plot:
-    eval_py.save_figure(draw_losses(results, FLAGS.plot_title), FLAGS.plot)
+    draw_losses(results, FLAGS.plot_title).savefig(FLAGS.plot, dpi=150)
     print(f"Wrote {FLAGS.plot}", flush=True)
 
 
