@@ -50,7 +50,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 60, "Train steps per net.")
   flags.DEFINE_string("out", "runs/early_training/default.jsonl",
                       "JSON lines, one per net: its curves; nets already there are skipped.")
-  flags.DEFINE_string("plot", None, "Also draw the training losses into this image file (e.g. .png).")
+  flags.DEFINE_string("plot", None, "Also draw the training losses of every net in --out into this image file.")
   flags.DEFINE_string("plot_title", "", "What the figure's panels say the recipe is, e.g. 'lr 0.1 from step 1'.")
 
 
@@ -177,7 +177,7 @@ def main(argv):
     results = measure(FLAGS.config, nets_to_train, FLAGS.steps, FLAGS.out)
   print(format_table(results), flush=True)
   if FLAGS.plot:
-    draw_losses(results, FLAGS.plot_title).savefig(FLAGS.plot, dpi=150)
+    draw_losses(read_results(FLAGS.out), FLAGS.plot_title).savefig(FLAGS.plot, dpi=150)
     print(f"Wrote {FLAGS.plot}", flush=True)
 
 
