@@ -1,0 +1,110 @@
+"""The README and docs/ hold: their links resolve and the files their commands name exist.
+
+Cheap on purpose (no JAX, no training): it reads Markdown and looks at the file system.
+Checked: every relative link or image in README.md and docs/*.md points at a file of the repo,
+and its #anchor (if any) at a heading of that file; every `configs/X.py` and `sweeps/X.yaml`
+the text names exists. Links to code files are not used in the docs (code paths are written
+in backticks), so a link here is always to a Markdown page or an image.
+"""
+
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^(```|~~~)")
+
+
+def _text(page):
+  return page.read_text(encoding="utf-8")
+
+
+def _prose(page):
+  """The page without its fenced code blocks (links are not links there)."""
+  lines, in_code = [], False
+  for line in _text(page).splitlines():
+    if FENCE.match(line.strip()):
+      in_code = not in_code
+      continue
+    if not in_code:
+      lines.append(line)
+  return "\n".join(lines)
+
+
+def _slug(heading):
+  """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+  heading = re.sub(r"`", "", heading.strip().lower())
+  heading = re.sub(r"[^\w\- ]", "", heading)
+  return heading.replace(" ", "-")
+
+
+def _anchors(page):
+  seen, anchors = {}, set()
+  for line in _prose(page).splitlines():
+    m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+    if m:
+      slug = _slug(m.group(1))
+      n = seen.get(slug, 0)
+      seen[slug] = n + 1
+      anchors.add(slug if n == 0 else f"{slug}-{n}")
+  return anchors
+
+
+def _links():
+  for page in PAGES:
+    for target in LINK.findall(_prose(page)):
+      if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+        continue
+      yield pytest.param(page, target, id=f"{page.relative_to(ROOT)}->{target}")
+
+
+def test_there_are_docs_pages_and_links():
+  assert len(PAGES) > 1
+  assert len(list(_links())) > 10
+
+
+@pytest.mark.parametrize(("page", "target"), list(_links()))
+def test_every_relative_link_resolves(page, target):
+  path, _, anchor = target.partition("#")
+  resolved = (page.parent / path).resolve() if path else page
+  assert resolved.is_file(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
+  assert ROOT in resolved.parents, f"{page.relative_to(ROOT)} links outside the repo: {target}"
+  if anchor:
+    assert resolved.suffix == ".md", f"{target}: an anchor into a file that is not Markdown"
+    assert anchor in _anchors(resolved), (
+      f"{page.relative_to(ROOT)} links to #{anchor} in {resolved.relative_to(ROOT)}, which has no such heading; "
+      f"it has: {sorted(_anchors(resolved))}"
+    )
+
+
+def _named(pattern):
+  names = set()
+  for page in PAGES:
+    names |= {(page, m) for m in re.findall(pattern, _text(page))}
+  return sorted(names)
+
+
+@pytest.mark.parametrize(
+  ("page", "path"),
+  [
+    pytest.param(page, path, id=f"{page.relative_to(ROOT)}:{path}")
+    for page, path in _named(r"(?<![\w/])((?:configs/\w+\.py)|(?:sweeps/\w+\.yaml))")
+  ],
+)
+def test_every_named_config_and_sweep_file_exists(page, path):
+  assert (ROOT / path).is_file(), f"{page.relative_to(ROOT)} names {path}, which does not exist"
+
+
+def test_every_sweep_file_is_documented():
+  documented = {path for _, path in _named(r"sweeps/\w+\.yaml")}
+  for sweep in sorted((ROOT / "sweeps").glob("*.yaml")):
+    assert f"sweeps/{sweep.name}" in documented, f"sweeps/{sweep.name} is in no page of the docs"
+
+
+def test_the_docs_use_the_benchmark_as_a_module():
+  for page in PAGES:
+    assert "python bench.py" not in _text(page), f"{page.relative_to(ROOT)}: use python -m benchmarks.bench"
