@@ -2,7 +2,7 @@
 # Fills .whl/ (ignored by git) with the wheels benchmarks/gpu_check.sh installs on a GPU
 # image that lacks them (benchmarks/gpu-wheels.txt), for Python 3.12 on x86-64 Linux:
 #
-#   bash benchmarks/fetch_wheels.sh            # then carry .whl with the check (README)
+#   bash benchmarks/fetch_wheels.sh            # then copy .whl with the check (docs/performance.md, "The GPU check")
 #
 # Run it where PyPI can be reached; it needs no Python 3.12. promise has no wheel on PyPI:
 # it is pure Python, so a wheel built here installs there.

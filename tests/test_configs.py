@@ -70,7 +70,7 @@ def cifar_count(config) -> int:
   return nets.count_params(variables["params"])
 
 
-# Parameters of each CIFAR-10 version (README's table), training-only heads included.
+# Parameters of each CIFAR-10 version (docs/nets.md's table), training-only heads included.
 CIFAR_COUNTS = {"lenet5": 62_006, "alexnet": 5_721_994, "vgg16": 15_249_354, "googlenet": 10_333_886,
                 "resnet18": 11_173_962, "resnet50": 23_520_842, "preact_resnet164": 1_703_258}
 
