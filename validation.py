@@ -65,7 +65,8 @@ def _net_fields(name: str) -> dict[str, dataclasses.Field]:
   module = nets._REGISTRY[name]  # pylint: disable=protected-access
   module = getattr(module, "func", module)  # vgg16, resnet50, ...: partials with the depth bound
   return {f.name: f for f in dataclasses.fields(module)
-          if f.init and f.name not in ("parent", "name", "num_classes", "dtype", "axis_name", "depth")
+          if f.init and f.name not in ("parent", "name", "num_classes", "dtype", "axis_name", "conv_weight_grad",
+                                       "depth")
           or f.name == "depth" and name in ("cifar_resnet", "preact_resnet")}
 
 
