@@ -389,7 +389,7 @@ def over_seeds(fn: Callable[..., Any], config: ml_collections.ConfigDict,
   """
   if config.num_seeds == 1:
     return fn
-  batching = config.get("seed_batching", "auto")
+  batching = config.seed_batching
   if batching not in ("auto", "vmap", "loop"):
     raise ValueError(f"seed_batching must be auto, vmap or loop; got {batching!r}.")
   if batching == "vmap" or (batching == "auto" and jax.default_backend() != "cpu"):
@@ -482,7 +482,7 @@ def make_evaluator(replicas: parallel.Replicas, splits: dict[str, input_pipeline
 
   The splits go to the devices once, each device holding its share.
   """
-  on_device = over_seeds(functools.partial(eval_on_device, image_size=config.dataset.get("image_size", 0)),
+  on_device = over_seeds(functools.partial(eval_on_device, image_size=config.dataset.image_size),
                          config, in_axes=(0, None, None))
   eval_fn = replicas.parallelize(on_device, sharded_argnums=(1,))
   data = {name: replicas.shard(shard_for_eval(split, replicas.count, config.eval_batch_size))
