@@ -303,7 +303,7 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
       "parallelism": config.parallelism,
       "steps_per_dispatch": config.steps_per_dispatch,
       "num_seeds": config.num_seeds,
-      "seed_batching": config.get("seed_batching", "auto"),
+      "seed_batching": config.seed_batching,
       "windows": options.windows,
       "steps_per_window": options.steps_per_window,
       "data": config.dataset.name if options.real_data else "random",

@@ -36,7 +36,6 @@ import train
 from nets import cpu_conv
 import validation
 import writers
-from configs import default
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The run's workdir (holds config.json and checkpoints/).")
@@ -53,7 +52,7 @@ PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.9
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was trained with, from its config.json (top-level fields it lacks: the defaults)."""
+  """The config a run was trained with, from its config.json (fields it lacks, at any depth: the defaults)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} the workdir of a run?")
@@ -124,7 +123,7 @@ def split_seeds(run: RunHistory) -> list[RunHistory]:
   """A run of config.num_seeds = K as K one-seed runs (from its seed<s>/<key> metrics), so
   that the seeds of one run and the seeds of separate runs are compared alike."""
   config = run.config
-  if config.get("num_seeds", 1) == 1:
+  if config.num_seeds == 1:
     return [run]
   runs = []
   for seed in train.seeds(config):
@@ -164,11 +163,17 @@ def load_wandb_sweep(sweep_path: str) -> list[RunHistory]:
 
 
 def train_config_of(wandb_config: dict[str, Any]) -> ml_collections.ConfigDict:
-  """A run's config from its wandb config (flat 'config.model.depth' keys) over the defaults."""
-  config = default.get_config()
-  config.update_from_flattened_dict({k[len("config."):]: v for k, v in wandb_config.items()
-                                     if k.startswith("config.") and not isinstance(v, dict)})
-  return config
+  """A run's config from its wandb config (flat 'config.model.depth' keys), the fields it lacks
+  filled in as a saved config's are (checkpoints.with_defaults)."""
+  saved = {}
+  for key, value in wandb_config.items():
+    if key.startswith("config.") and not isinstance(value, dict):
+      *parents, name = key[len("config."):].split(".")
+      fields = saved
+      for parent in parents:
+        fields = fields.setdefault(parent, {})
+      fields[name] = value
+  return ml_collections.ConfigDict(checkpoints.with_defaults(saved))
 
 
 def load_runs(sources: Sequence[str]) -> list[RunHistory]:

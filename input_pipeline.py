@@ -112,7 +112,7 @@ def ensure_prepared(name: str, data_dir: str, download: bool) -> None:
 def stored_size(config: Any) -> int:
   """The side of the square images kept in memory: image_size * 8/7 (256 for 224), or 0:
   the dataset's own (equal) sizes."""
-  image_size = config.get("image_size", 0)
+  image_size = config.image_size
   return round(image_size * 8 / 7) if image_size else 0
 
 
@@ -178,7 +178,7 @@ def load_dataset(config: Any) -> Dataset:
     # tfds.data_source raises all sorts when the data is missing; find out why.
     ensure_prepared(config.name, data_dir, config.download)
     train = load_split(config.name, "train", data_dir, config.cache_dir, size)
-  test = load_split(config.name, config.get("test_split", "test"), data_dir, config.cache_dir, size)
+  test = load_split(config.name, config.test_split, data_dir, config.cache_dir, size)
 
   eval_splits = {"test": test}
   if config.validation_size:
@@ -189,7 +189,7 @@ def load_dataset(config: Any) -> Dataset:
     train = Split(train.images[:cut], train.labels[:cut])
 
   num_classes = tfds.builder(config.name, data_dir=data_dir).info.features["label"].num_classes
-  axes = (0, 1, 2) if config.get("augmentation", "pad_crop_flip") == "random_resized_crop" else 0
+  axes = (0, 1, 2) if config.augmentation == "random_resized_crop" else 0
   mean_image = (train.images.mean(axis=axes, dtype=np.float64) / 255.0).astype(np.float32)
   print(f"Loaded {config.name} from {data_dir}: {len(train)} train, "
         + ", ".join(f"{len(s)} {k}" for k, s in eval_splits.items())
@@ -275,7 +275,7 @@ AUGMENTATIONS = ("pad_crop_flip", "random_resized_crop")
 
 def check_augmentation(config: Any) -> None:
   """The augmentation must fit the image size: random-resized crops need one, CIFAR's crops none."""
-  augmentation, image_size = config.get("augmentation", "pad_crop_flip"), config.get("image_size", 0)
+  augmentation, image_size = config.augmentation, config.image_size
   if augmentation not in AUGMENTATIONS:
     raise ValueError(f"dataset.augmentation must be one of {AUGMENTATIONS}; got {augmentation!r}.")
   if (augmentation == "random_resized_crop") != bool(image_size):
@@ -287,7 +287,7 @@ def check_augmentation(config: Any) -> None:
 
 def input_shape(config: Any, stored_shape: tuple[int, ...]) -> tuple[int, ...]:
   """The network's input [H, W, C]: image_size square when set, else the images as stored."""
-  image_size = config.get("image_size", 0)
+  image_size = config.image_size
   return (image_size, image_size, stored_shape[-1]) if image_size else tuple(stored_shape)
 
 
@@ -324,7 +324,7 @@ def augment(images: jax.Array, mean_image: jax.Array, key: jax.Array, config: An
   The random draws are made for the whole global batch, then `select` keeps this
   device's, so the augmentation does not depend on the number of devices.
   """
-  augmentation = config.get("augmentation", "pad_crop_flip")
+  augmentation = config.augmentation
   if augmentation == "pad_crop_flip":
     offsets, flips = sample_augmentation(key, global_batch, config.crop_padding, config.random_flip)
     return pad_crop_flip(normalize(images, mean_image), select(offsets), select(flips), config.crop_padding)

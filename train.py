@@ -136,16 +136,8 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   return nets.create(
       config.model.name, num_classes=num_classes, dtype=jnp.dtype(config.dtype),
-      axis_name=AXIS if config.cross_replica_bn else None, **{
+      axis_name=AXIS if config.cross_replica_bn else None, conv_weight_grad=config.conv_weight_grad, **{
           k: v for k, v in config.model.items() if k != "name"})
-
-
-def apply_with_conv_weight_grad(apply_fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
-  """`apply_fn`, its convolutions traced with the weight gradient `mode` (nets/cpu_conv.py)."""
-  def apply(*args, **kwargs):
-    with cpu_conv.weight_grad(mode):
-      return apply_fn(*args, **kwargs)
-  return apply
 
 
 def seeds(config: ml_collections.ConfigDict) -> list[int]:
@@ -176,8 +168,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, key:
   """
   def init(key):
     variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    return TrainState.create(apply_fn=apply_with_conv_weight_grad(model.apply, config.get("conv_weight_grad", "auto")),
-                             params=variables["params"],
+    return TrainState.create(apply_fn=model.apply, params=variables["params"],
                              batch_stats=variables.get("batch_stats", {}),  # none without batch norm
                              tx=create_optimizer(config))
   return jax.jit(init if config.num_seeds == 1 else jax.vmap(init))(key)
@@ -398,7 +389,7 @@ def over_seeds(fn: Callable[..., Any], config: ml_collections.ConfigDict,
   """
   if config.num_seeds == 1:
     return fn
-  batching = config.get("seed_batching", "auto")
+  batching = config.seed_batching
   if batching not in ("auto", "vmap", "loop"):
     raise ValueError(f"seed_batching must be auto, vmap or loop; got {batching!r}.")
   if batching == "vmap" or (batching == "auto" and jax.default_backend() != "cpu"):
@@ -491,7 +482,7 @@ def make_evaluator(replicas: parallel.Replicas, splits: dict[str, input_pipeline
 
   The splits go to the devices once, each device holding its share.
   """
-  on_device = over_seeds(functools.partial(eval_on_device, image_size=config.dataset.get("image_size", 0)),
+  on_device = over_seeds(functools.partial(eval_on_device, image_size=config.dataset.image_size),
                          config, in_axes=(0, None, None))
   eval_fn = replicas.parallelize(on_device, sharded_argnums=(1,))
   data = {name: replicas.shard(shard_for_eval(split, replicas.count, config.eval_batch_size))

@@ -1,7 +1,7 @@
 """A user's mistakes, caught before anything heavy starts and told as one message.
 
 `validate_config` checks a parsed config in one pass (field names against configs/default.py,
-types, ranges and the relations between fields) and raises a ConfigError listing every
+none missing; types, ranges and the relations between fields) and raises a ConfigError listing every
 problem with its fix. `user_errors_as_messages` turns the errors that are the user's to fix
 (a bad config, a full disk, a damaged file) into that message and an exit code, without
 a Python traceback.
@@ -65,7 +65,8 @@ def _net_fields(name: str) -> dict[str, dataclasses.Field]:
   module = nets._REGISTRY[name]  # pylint: disable=protected-access
   module = getattr(module, "func", module)  # vgg16, resnet50, ...: partials with the depth bound
   return {f.name: f for f in dataclasses.fields(module)
-          if f.init and f.name not in ("parent", "name", "num_classes", "dtype", "axis_name", "depth")
+          if f.init and f.name not in ("parent", "name", "num_classes", "dtype", "axis_name", "conv_weight_grad",
+                                       "depth")
           or f.name == "depth" and name in ("cifar_resnet", "preact_resnet")}
 
 
@@ -87,6 +88,14 @@ def unknown_field_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(f"model.{key}: {name} has no such field.{did_you_mean(key, fields)} Its fields: "
                         f"{', '.join(fields) or 'none'}.")
   return problems
+
+
+def missing_field_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Fields of configs/default.py the config lacks (the model's aside: each net has its own).
+  The code reads every field as an attribute: configs/default.py states each default once."""
+  flat = _flat(config)
+  return [f"{key}: missing; a config file starts from configs/default.py's get_config() and changes fields"
+          for key in _flat(default.get_config()) if not key.startswith("model.") and key not in flat]
 
 
 def _type_ok(value: Any, like: Any) -> bool:
@@ -181,14 +190,14 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
                     num_devices: int | None = None) -> None:
   """Raises a ConfigError listing every problem of `config` (and of `workdir`: it must not
   be a file); `num_devices`, when known, must divide the batch."""
-  problems = unknown_field_problems(config) + type_problems(config)
+  problems = unknown_field_problems(config) + missing_field_problems(config) + type_problems(config)
   if not problems:  # ranges of values of the wrong type would only repeat the type problem
     problems += range_problems(config)
-    if num_devices and config.get("num_devices", 0) > num_devices:
+    if num_devices and config.num_devices > num_devices:
       problems.append(f"num_devices = {config.num_devices}: only {num_devices} devices here; "
                       "set --config.num_devices to at most that (0: all).")
     elif num_devices:
-      problems += batch_problems(config, config.get("num_devices", 0) or num_devices)
+      problems += batch_problems(config, config.num_devices or num_devices)
   if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
     problems.append(f"--workdir={workdir}: is a file; give a folder (it is created if missing).")
   if problems:

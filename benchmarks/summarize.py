@@ -14,14 +14,21 @@ import json
 
 import bench
 import writers
+from configs import default
 
 COLUMNS = ("net", "dtype", "steps/dispatch", "seeds", "images/s", "ms/step", "compile s", "peak device",
            "torch fp32", "torch bf16", "torch channels_last", "ours/torch fp32", "projected")
 
 
+def with_defaults(result: dict) -> dict:
+  """A bench.py result with the config fields it was written before (several seeds) as their defaults."""
+  config = default.get_config()
+  return {"num_seeds": config.num_seeds, "seed_batching": config.seed_batching, **result}
+
+
 def seeds_cell(result: dict) -> str:
-  seeds = result.get("num_seeds", 1)
-  return str(seeds) if seeds == 1 else f"{seeds} ({result.get('seed_batching', 'auto')})"
+  seeds = result["num_seeds"]
+  return str(seeds) if seeds == 1 else f"{seeds} ({result['seed_batching']})"
 
 
 def row(result: dict) -> list[str]:
@@ -46,7 +53,7 @@ def key_ratios(results: list[dict], net: str = "resnet56") -> list[str]:
   """One line each: `net`'s projected run (fastest single-seed run, and fp32 at one step per
   dispatch), ours / PyTorch per variant, and each several-seed run's step against one seed's."""
   lines = []
-  single = [r for r in results if r["net"] == net and r.get("num_seeds", 1) == 1]
+  single = [r for r in results if r["net"] == net and r["num_seeds"] == 1]
   if single:
     fastest = min(single, key=lambda r: r[bench.OURS]["ms_per_step"])
     lines.append(f"{net}, {fastest['total_steps']:,} steps projected: "
@@ -57,13 +64,13 @@ def key_ratios(results: list[dict], net: str = "resnet56") -> list[str]:
     for variant, theirs in r["torch"].items():
       lines.append(f"{net} {r['dtype']} x{r['steps_per_dispatch']}: ours / PyTorch {variant} = "
                    f"{theirs['ours_over_torch_median']:.2f} (images/s; above 1: ours faster)")
-  for several in [r for r in results if r.get("num_seeds", 1) > 1]:
-    alone = [r for r in results if r.get("num_seeds", 1) == 1 and all(
+  for several in [r for r in results if r["num_seeds"] > 1]:
+    alone = [r for r in results if r["num_seeds"] == 1 and all(
         r[k] == several[k] for k in ("net", "dtype", "steps_per_dispatch"))]
     if alone:
       k, step_ratio = several["num_seeds"], several[bench.OURS]["ms_per_step"] / alone[0][bench.OURS]["ms_per_step"]
       lines.append(f"{several['net']} {several['dtype']} x{several['steps_per_dispatch']}: {k} seeds "
-                   f"({several.get('seed_batching', 'auto')}) take {step_ratio:.2f}x one seed's step: "
+                   f"({several['seed_batching']}) take {step_ratio:.2f}x one seed's step: "
                    f"{k / step_ratio:.2f}x the throughput of {k} one-seed runs")
   return lines
 
@@ -76,9 +83,8 @@ def main() -> None:
   results = []
   for path in args.results:
     with open(path) as f:
-      results.append(json.load(f))
-  results.sort(key=lambda r: (r["num_params"], r["dtype"], r["steps_per_dispatch"], r.get("num_seeds", 1),
-                               r.get("seed_batching", "auto")))
+      results.append(with_defaults(json.load(f)))
+  results.sort(key=lambda r: (r["num_params"], r["dtype"], r["steps_per_dispatch"], r["num_seeds"], r["seed_batching"]))
   device = results[0]["device"]
   print(f"{device['count']} x {device['kind']} ({device['platform']}), batch {results[0]['batch_size']}")
   print(markdown_table(results))

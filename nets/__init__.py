@@ -1,7 +1,8 @@
 """The model registry: `create(name, **kwargs)` builds any network by its config name.
 
-Every net takes `num_classes`, `dtype` and a batch-norm `axis_name` (train.py passes all
-three) and is called as `model.apply(variables, images, train=...)`. It returns logits,
+Every net takes `num_classes`, `dtype`, a batch-norm `axis_name` and `conv_weight_grad`,
+how its convolutions take their weight gradient (nets/cpu_conv.py; train.py passes all
+four) and is called as `model.apply(variables, images, train=...)`. It returns logits,
 except a net with auxiliary classifiers in training (GoogLeNet), which returns
 `(logits, (aux_logits, ...))`; train.py adds the auxiliary losses with
 config.aux_loss_weight.

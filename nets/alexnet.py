@@ -51,6 +51,7 @@ class AlexNet(nn.Module):
   classifier_width: int = 4096  # units of fc6 and fc7
   dtype: Any = jnp.float32
   axis_name: str | None = None  # unused (no batch norm); every net takes it
+  conv_weight_grad: str = "auto"  # convolutions' weight gradient: nets/cpu_conv.py's MODES
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -60,7 +61,7 @@ class AlexNet(nn.Module):
         kernel, strides = 3, 1
       padding = "VALID" if i == 1 and not self.cifar_stem else None
       x = ConvReLU(features, kernel, strides, padding, groups if self.grouped else 1,
-                   dtype=self.dtype, name=f"conv{i}")(x)
+                   dtype=self.dtype, conv_weight_grad=self.conv_weight_grad, name=f"conv{i}")(x)
       if lrn:
         x = local_response_norm(x)
       if pool:

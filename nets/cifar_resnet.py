@@ -101,11 +101,12 @@ class CifarResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   axis_name: str | None = None  # set to the device axis for cross-replica batch norm
+  conv_weight_grad: str = "auto"  # convolutions' weight gradient: nets/cpu_conv.py's MODES
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     n = check_options(self.depth, self.residual, self.shortcut, self.zero_init_residual)
-    conv = conv_factory(self.dtype)
+    conv = conv_factory(self.dtype, self.conv_weight_grad)
     norm = norm_factory(train, self.dtype, self.axis_name, self.bn_momentum, self.bn_epsilon)
 
     # Named stem_*, block1 ... block3n, classifier: per-block metrics read input to output.

@@ -1,7 +1,8 @@
 """Convolutions that run fast on XLA's CPU backend: a weight gradient by patches, and XLA's flags.
 
 The nets' convolutions (`layers.conv_factory`) call `conv_general_dilated` here instead of
-`lax.conv_general_dilated`. The forward pass and the input gradient are lax's. The
+`lax.conv_general_dilated`, through flax's nn.Conv(conv_general_dilated_cls=
+conv_general_dilated_cls(weight_grad)). The forward pass and the input gradient are lax's. The
 weight gradient, on CPU, is computed from patches instead:
 
     dW[i, j, c, d] = sum over n, h, w of  x_pad[n, s*h + i, s*w + j, c] * dy[n, h, w, d]
@@ -17,18 +18,17 @@ Benchmarks section). On GPU and TPU the vendors' libraries are fast, so there it
 `use_fast_xla_cpu_flags()` keeps XLA's CPU convolutions its own rather than YNNPACK's
 (XLA_CPU_FLAGS) where the backend will be the CPU; the entry points call it before JAX starts.
 
-`weight_grad(mode)` chooses for the code traced inside it: "auto" (patches on CPU, lax
-elsewhere), "patches" or "lax". train.py traces the model under config.conv_weight_grad.
+Each convolution is given its weight gradient where the model is created: every net takes a
+field `conv_weight_grad`, one of MODES: "auto" (patches on CPU, lax elsewhere), "patches"
+or "lax"; train.py's create_model passes config.conv_weight_grad. Nothing else decides it.
 """
 
-import contextlib
-import contextvars
 import functools
 import importlib.metadata
 import importlib.util
 import os
 import pkgutil
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +41,6 @@ MODES = ("auto", "patches", "lax")
 IMAGES_PER_CHUNK = 8
 
 NHWC = ("NHWC", "HWIO", "NHWC")  # the layout of the nets (flax's default)
-
-_mode = contextvars.ContextVar("conv_weight_grad", default="auto")
 
 # XLA's CPU backend hands convolutions to YNNPACK by default. On a CIFAR ResNet's layers
 # its own (Eigen) convolutions are faster: 16x16x32 and 8x8x64 layers 2x, the whole
@@ -97,30 +95,25 @@ def use_fast_xla_cpu_flags() -> None:
   os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
 
 
-@contextlib.contextmanager
-def weight_grad(mode: str) -> Iterator[None]:
-  """Convolutions traced inside take their weight gradient as `mode` says (see MODES)."""
-  if mode not in MODES:
-    raise ValueError(f"conv_weight_grad must be one of {MODES}; got {mode!r}.")
-  token = _mode.set(mode)
-  try:
-    yield
-  finally:
-    _mode.reset(token)
+def check_mode(weight_grad: str) -> str:
+  """`weight_grad` if it is one of MODES, else a ValueError naming them."""
+  if weight_grad not in MODES:
+    raise ValueError(f"conv_weight_grad must be one of {MODES}; got {weight_grad!r}.")
+  return weight_grad
 
 
-def uses_patches() -> bool:
-  """Whether a convolution traced now takes its weight gradient by patches."""
-  mode = _mode.get()
-  return mode == "patches" or (mode == "auto" and jax.default_backend() == "cpu")
+def uses_patches(weight_grad: str) -> bool:
+  """Whether a convolution of mode `weight_grad`, traced now, takes its weight gradient by patches."""
+  return weight_grad == "patches" or (weight_grad == "auto" and jax.default_backend() == "cpu")
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
                          padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
                          rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
                          feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
-                         preferred_element_type: Any = None) -> jax.Array:
-  """lax.conv_general_dilated; for the nets' plain NHWC convolutions, with the gradient above."""
+                         preferred_element_type: Any = None, *, weight_grad: str = "auto") -> jax.Array:
+  """lax.conv_general_dilated; for the nets' plain NHWC convolutions, with the gradient above
+  where `weight_grad` (one of MODES) says so."""
   conv = functools.partial(
       lax.conv_general_dilated, window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -128,7 +121,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   plain = (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
            and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and preferred_element_type is None and is_nhwc_hwio(dimension_numbers, lhs.shape, rhs.shape))
-  if not (plain and uses_patches()):
+  if not (plain and uses_patches(check_mode(weight_grad))):
     return conv(lhs, rhs)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
@@ -136,11 +129,21 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
 
 
 class ConvGeneralDilated:
-  """What flax's nn.Conv(conv_general_dilated_cls=...) wants: a class whose instances are
-  `conv_general_dilated` above (flax calls the class with no arguments, then the instance)."""
+  """`conv_general_dilated` above with the weight gradient `weight_grad` (one of MODES)."""
+
+  def __init__(self, weight_grad: str):
+    self.weight_grad = check_mode(weight_grad)
 
   def __call__(self, *args, **kwargs) -> jax.Array:
-    return conv_general_dilated(*args, **kwargs)
+    return conv_general_dilated(*args, weight_grad=self.weight_grad, **kwargs)
+
+
+@functools.cache
+def conv_general_dilated_cls(weight_grad: str) -> Callable[[], ConvGeneralDilated]:
+  """What flax's nn.Conv(conv_general_dilated_cls=...) wants: flax calls it with no arguments,
+  then calls what it gives. A bad mode is a ValueError now; one object per mode, so that
+  two convs of the same mode compare equal."""
+  return functools.partial(ConvGeneralDilated, check_mode(weight_grad))
 
 
 def is_nhwc_hwio(dimension_numbers: Any, lhs_shape: Sequence[int], rhs_shape: Sequence[int]) -> bool:

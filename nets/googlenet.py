@@ -70,13 +70,14 @@ class Inception(nn.Module):
   batch_norm: bool = False
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  conv_weight_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     c1, c3_reduce, c3, c5_reduce, c5, pool_proj = self.widths
     conv = lambda features, kernel, name: ConvReLU(
         features, kernel, batch_norm=self.batch_norm, dtype=self.dtype,
-        axis_name=self.axis_name, name=name)
+        axis_name=self.axis_name, conv_weight_grad=self.conv_weight_grad, name=name)
     branches = [
         conv(c1, 1, "1x1")(x, train),
         conv(c3, 3, "3x3")(conv(c3_reduce, 1, "3x3_reduce")(x, train), train),
@@ -92,12 +93,13 @@ class AuxClassifier(nn.Module):
   batch_norm: bool = False
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  conv_weight_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = Pool(5, 3, kind="avg")(x)
     x = ConvReLU(128, 1, batch_norm=self.batch_norm, dtype=self.dtype,
-                 axis_name=self.axis_name)(x, train)
+                 axis_name=self.axis_name, conv_weight_grad=self.conv_weight_grad)(x, train)
     x = DenseReLU(1024, 0.7, self.dtype)(x, train)
     return Classifier(self.num_classes, self.dtype)(x)
 
@@ -110,12 +112,13 @@ class GoogLeNet(nn.Module):
   cifar_stem: bool = False  # stride-1 stem without max pools, for 32x32 inputs
   dtype: Any = jnp.float32
   axis_name: str | None = None  # for cross-replica batch norm
+  conv_weight_grad: str = "auto"  # convolutions' weight gradient: nets/cpu_conv.py's MODES
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = lambda features, kernel, strides, name: ConvReLU(
         features, kernel, strides, batch_norm=self.batch_norm, dtype=self.dtype,
-        axis_name=self.axis_name, name=name)
+        axis_name=self.axis_name, conv_weight_grad=self.conv_weight_grad, name=name)
     lrn = (lambda x: x) if self.batch_norm else local_response_norm
     x = jnp.asarray(x, self.dtype)
     if self.cifar_stem:
@@ -129,12 +132,12 @@ class GoogLeNet(nn.Module):
 
     aux_logits = []
     for name, widths in INCEPTION.items():
-      x = Inception(widths, self.batch_norm, self.dtype, self.axis_name,
+      x = Inception(widths, self.batch_norm, self.dtype, self.axis_name, self.conv_weight_grad,
                     name=f"inception_{name}")(x, train)
       # Built at initialisation too, so that the parameters exist for training.
       if name in AUX_AFTER and self.aux_heads and (train or self.is_initializing()):
-        aux_logits.append(AuxClassifier(self.num_classes, self.batch_norm, self.dtype,
-                                        self.axis_name, name=f"aux_{name}")(x, train))
+        aux_logits.append(AuxClassifier(self.num_classes, self.batch_norm, self.dtype, self.axis_name,
+                                        self.conv_weight_grad, name=f"aux_{name}")(x, train))
       if name in MAX_POOL_AFTER:
         x = Pool(3, 2, padding="SAME", name=f"pool{name[0]}")(x)
 

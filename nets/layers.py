@@ -18,20 +18,22 @@ from nets import cpu_conv
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
-def conv_factory(dtype: Any, use_bias: bool = False) -> Callable[..., nn.Module]:
+def conv_factory(dtype: Any, weight_grad: str, use_bias: bool = False) -> Callable[..., nn.Module]:
   """`conv(features, kernel, strides=1, padding=None, **kw)`: a He-initialised conv.
 
   padding None is symmetric, k//2 on each side (a "VALID" conv pads nothing).
 
   Symmetric padding of k//2, as in the papers (Caffe, Torch): XLA's "SAME" would pad a
   stride-2 conv on the bottom/right only and shift the sampling grid. The convolution is
-  cpu_conv's: lax's, with a weight gradient that XLA runs fast on CPU. It goes in through
-  `conv_general_dilated_cls`: flax deprecates the `conv_general_dilated` field.
+  cpu_conv's: lax's, with the weight gradient `weight_grad` says (cpu_conv.MODES; "auto":
+  one that XLA runs fast on CPU). It goes in through `conv_general_dilated_cls`: flax
+  deprecates the `conv_general_dilated` field.
   """
+  conv_general_dilated_cls = cpu_conv.conv_general_dilated_cls(weight_grad)
   return lambda features, kernel, strides=1, padding=None, **kw: nn.Conv(
       features, kernel, strides, padding=padding or [(k // 2, k // 2) for k in kernel],
       use_bias=use_bias, kernel_init=he_normal, dtype=dtype,
-      conv_general_dilated_cls=cpu_conv.ConvGeneralDilated, **kw)
+      conv_general_dilated_cls=conv_general_dilated_cls, **kw)
 
 
 def norm_factory(train: bool, dtype: Any, axis_name: str | None, momentum: float = 0.9,
@@ -80,10 +82,11 @@ class ConvReLU(nn.Module):
   batch_norm: bool = False
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  conv_weight_grad: str = "auto"  # cpu_conv.MODES
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = conv_factory(self.dtype, use_bias=not self.batch_norm)
+    conv = conv_factory(self.dtype, self.conv_weight_grad, use_bias=not self.batch_norm)
     x = conv(self.features, (self.kernel, self.kernel), self.strides, self.padding,
              feature_group_count=self.groups)(x)
     if self.batch_norm:

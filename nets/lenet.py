@@ -25,12 +25,14 @@ Departures from the paper, always:
   - subsampling without `trainable_pooling` is a plain average (no coefficient, bias or tanh).
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nets import cpu_conv
 from nets.layers import Classifier
 
 # Table I of the paper: the S2 maps each C3 map reads.
@@ -53,14 +55,16 @@ class ConvTanh(nn.Module):
   features: int
   table: tuple[tuple[int, ...], ...] | None = None
   dtype: Any = jnp.float32
+  conv_weight_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x):
+    conv = functools.partial(nn.Conv, kernel_size=(5, 5), padding="VALID", dtype=self.dtype,
+                             conv_general_dilated_cls=cpu_conv.conv_general_dilated_cls(self.conv_weight_grad))
     if self.table is None:
-      return scaled_tanh(nn.Conv(self.features, (5, 5), padding="VALID", dtype=self.dtype)(x))
+      return scaled_tanh(conv(self.features)(x))
     # One single-filter conv per C3 map, over the maps it reads: only the table's weights exist.
-    maps = [nn.Conv(1, (5, 5), padding="VALID", dtype=self.dtype, name=f"map{j}")(x[..., list(inputs)])
-            for j, inputs in enumerate(self.table)]
+    maps = [conv(1, name=f"map{j}")(x[..., list(inputs)]) for j, inputs in enumerate(self.table)]
     return scaled_tanh(jnp.concatenate(maps, axis=-1))
 
 
@@ -111,15 +115,16 @@ class LeNet5(nn.Module):
   rbf_output: bool = False  # the paper's Euclidean RBF output units instead of a dense layer
   dtype: Any = jnp.float32
   axis_name: str | None = None  # unused (no batch norm); every net takes it
+  conv_weight_grad: str = "auto"  # convolutions' weight gradient: nets/cpu_conv.py's MODES
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = jnp.asarray(x, self.dtype)
-    x = ConvTanh(6, dtype=self.dtype, name="C1")(x)
+    x = ConvTanh(6, dtype=self.dtype, conv_weight_grad=self.conv_weight_grad, name="C1")(x)
     x = Subsampling(self.trainable_pooling, name="S2")(x)
-    x = ConvTanh(16, C3_TABLE if self.sparse_c3 else None, dtype=self.dtype, name="C3")(x)
+    x = ConvTanh(16, C3_TABLE if self.sparse_c3 else None, self.dtype, self.conv_weight_grad, name="C3")(x)
     x = Subsampling(self.trainable_pooling, name="S4")(x)
-    x = ConvTanh(120, dtype=self.dtype, name="C5")(x)
+    x = ConvTanh(120, dtype=self.dtype, conv_weight_grad=self.conv_weight_grad, name="C5")(x)
     x = DenseTanh(84, dtype=self.dtype, name="F6")(x)
     if self.rbf_output:
       return RBFOutput(self.num_classes, name="output")(x)

@@ -71,11 +71,12 @@ class PreActResNet(nn.Module):
   num_classes: int = 10
   dtype: Any = jnp.float32
   axis_name: str | None = None  # for cross-replica batch norm
+  conv_weight_grad: str = "auto"  # convolutions' weight gradient: nets/cpu_conv.py's MODES
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     n = units_per_stage(self.depth, self.bottleneck)
-    conv = conv_factory(self.dtype)
+    conv = conv_factory(self.dtype, self.conv_weight_grad)
     norm = norm_factory(train, self.dtype, self.axis_name)
 
     x = conv(STAGE_WIDTHS[0], (3, 3), name="conv1")(jnp.asarray(x, self.dtype))

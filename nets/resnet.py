@@ -74,22 +74,23 @@ class ResNet(nn.Module):
   cifar_stem: bool = False  # 3x3/1 conv1 and no max pool, for 32x32 inputs
   dtype: Any = jnp.float32
   axis_name: str | None = None  # for cross-replica batch norm
+  conv_weight_grad: str = "auto"  # convolutions' weight gradient: nets/cpu_conv.py's MODES
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.depth not in STAGES:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGES)}; got {self.depth}.")
     bottleneck, counts = STAGES[self.depth]
-    conv = conv_factory(self.dtype)
+    conv = conv_factory(self.dtype, self.conv_weight_grad)
     norm = norm_factory(train, self.dtype, self.axis_name)
 
     x = jnp.asarray(x, self.dtype)
     if self.cifar_stem:
       x = ConvReLU(64, 3, batch_norm=True, dtype=self.dtype, axis_name=self.axis_name,
-                   name="conv1")(x, train)
+                   conv_weight_grad=self.conv_weight_grad, name="conv1")(x, train)
     else:
       x = ConvReLU(64, 7, 2, batch_norm=True, dtype=self.dtype, axis_name=self.axis_name,
-                   name="conv1")(x, train)
+                   conv_weight_grad=self.conv_weight_grad, name="conv1")(x, train)
       x = Pool(3, 2, padding="SAME", name="pool1")(x)
     for stage, (features, count) in enumerate(zip(STAGE_WIDTHS, counts)):
       for block in range(count):

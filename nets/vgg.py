@@ -41,6 +41,7 @@ class VGG(nn.Module):
   classifier_width: int = 4096  # units of the two hidden fully connected layers
   dtype: Any = jnp.float32
   axis_name: str | None = None  # for cross-replica batch norm
+  conv_weight_grad: str = "auto"  # convolutions' weight gradient: nets/cpu_conv.py's MODES
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -50,7 +51,8 @@ class VGG(nn.Module):
     for stage, widths in enumerate(STAGES[self.depth], start=1):
       for i, features in enumerate(widths, start=1):
         x = ConvReLU(features, 3, batch_norm=self.batch_norm, dtype=self.dtype,
-                     axis_name=self.axis_name, name=f"conv{stage}_{i}")(x, train)
+                     axis_name=self.axis_name, conv_weight_grad=self.conv_weight_grad,
+                     name=f"conv{stage}_{i}")(x, train)
       x = Pool(2, 2, name=f"pool{stage}")(x)
     x = DenseReLU(self.classifier_width, 0.5, self.dtype, name="fc6")(x, train)
     x = DenseReLU(self.classifier_width, 0.5, self.dtype, name="fc7")(x, train)

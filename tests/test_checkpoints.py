@@ -14,6 +14,7 @@ import pytest
 
 import checkpoints
 import train
+from configs import default
 from tests.conftest import requires_cpu
 from tests.test_train import REPO
 from writers import read_metrics
@@ -125,6 +126,21 @@ def test_a_checkpoint_saved_before_a_field_existed_counts_as_its_default(tiny_co
   assert checkpoints.config_differences(saved, tiny_config) == []
   tiny_config.num_seeds = 2
   assert checkpoints.config_differences(saved, tiny_config) == ["num_seeds: 1 -> 2"]
+
+
+def test_a_config_saved_before_a_nested_field_existed_gets_default_py_s_value(tiny_config):
+  saved = tiny_config.to_dict()
+  for section, field in (("dataset", "image_size"), ("dataset", "augmentation"), ("dataset", "test_split"),
+                         ("model", "zero_init_residual")):
+    del saved[section][field]
+  filled = checkpoints.with_defaults(saved)
+  defaults = default.get_config()
+  assert filled["dataset"] == {**saved["dataset"], "image_size": defaults.dataset.image_size,
+                               "augmentation": defaults.dataset.augmentation, "test_split": defaults.dataset.test_split}
+  assert filled["model"]["zero_init_residual"] == defaults.model.zero_init_residual
+  # Another net's model fields are its own: none of the default net's are added.
+  lenet = {**saved, "model": {"name": "lenet5", "sparse_c3": True}}
+  assert checkpoints.with_defaults(lenet)["model"] == {"name": "lenet5", "sparse_c3": True}
 
 
 TRAIN_IN_SUBPROCESS = """

@@ -42,8 +42,7 @@ def random_conv(batch, size, in_features, out_features, kernel, dtype=jnp.float3
 ])
 def test_gradients_by_patches_equal_lax(batch, size, features, kernel, strides, padding):
   x, w = random_conv(batch, size, *features, kernel)
-  with cpu_conv.weight_grad("patches"):
-    ours = gradients(cpu_conv.conv_general_dilated, x, w, (strides, strides), padding)
+  ours = gradients(cpu_conv.ConvGeneralDilated("patches"), x, w, (strides, strides), padding)
   theirs = gradients(lax.conv_general_dilated, x, w, (strides, strides), padding)
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
@@ -52,8 +51,7 @@ def test_gradients_by_patches_equal_lax(batch, size, features, kernel, strides, 
 def test_bfloat16_gradient_by_patches_is_as_close_as_lax_s():
   x, w = random_conv(8, 16, 16, 16, 3, jnp.bfloat16)
   exact = gradients(lax.conv_general_dilated, x.astype(jnp.float32), w.astype(jnp.float32), (1, 1), [(1, 1)] * 2)[1]
-  with cpu_conv.weight_grad("patches"):
-    ours = gradients(cpu_conv.conv_general_dilated, x, w, (1, 1), [(1, 1)] * 2)[1]
+  ours = gradients(cpu_conv.ConvGeneralDilated("patches"), x, w, (1, 1), [(1, 1)] * 2)[1]
   theirs = gradients(lax.conv_general_dilated, x, w, (1, 1), [(1, 1)] * 2)[1]
   assert ours.dtype == jnp.bfloat16
   error = lambda g: float(jnp.abs(g.astype(jnp.float32) - exact).max() / jnp.abs(exact).max())
@@ -63,42 +61,40 @@ def test_bfloat16_gradient_by_patches_is_as_close_as_lax_s():
 def test_grouped_convolutions_and_vmapped_ones_are_right_too():
   x, w = random_conv(4, 8, 8, 8, 3)
   grouped = lambda conv: gradients(conv, x, w[:, :, :4], (1, 1), [(1, 1)] * 2, feature_group_count=2)
-  with cpu_conv.weight_grad("patches"):
-    ours = grouped(cpu_conv.conv_general_dilated)
+  ours = grouped(cpu_conv.ConvGeneralDilated("patches"))
   np.testing.assert_allclose(ours[1], grouped(lax.conv_general_dilated)[1], rtol=1e-5)
   # Several seeds: train.py vmaps the step over a leading axis of weights.
   ws = jnp.stack([w, 2 * w])
   per_seed = lambda conv: jax.vmap(lambda w: gradients(conv, x, w, (1, 1), [(1, 1)] * 2)[1])(ws)
-  with cpu_conv.weight_grad("patches"):
-    ours = per_seed(cpu_conv.conv_general_dilated)
+  ours = per_seed(cpu_conv.ConvGeneralDilated("patches"))
   np.testing.assert_allclose(ours, per_seed(lax.conv_general_dilated), rtol=1e-4, atol=1e-3)
 
 
 def traced_with_patches(mode):
   x, w = random_conv(2, 8, 4, 4, 3)
-  with cpu_conv.weight_grad(mode):
-    jaxpr = jax.make_jaxpr(lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC))(x, w)
+  conv = cpu_conv.ConvGeneralDilated(mode)
+  jaxpr = jax.make_jaxpr(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC))(x, w)
   return "custom_vjp" in str(jaxpr)
 
 
 def test_the_mode_picks_the_weight_gradient():
   assert traced_with_patches("patches") and not traced_with_patches("lax")
   assert traced_with_patches("auto") == (jax.default_backend() == "cpu")  # patches on CPU only
-  with pytest.raises(ValueError, match="conv_weight_grad must be one of"):
-    with cpu_conv.weight_grad("fast"):
-      pass
+  for make in (cpu_conv.ConvGeneralDilated, cpu_conv.conv_general_dilated_cls,
+               lambda mode: layers.conv_factory(jnp.float32, mode)):
+    with pytest.raises(ValueError, match="conv_weight_grad must be one of"):
+      make("fast")
 
 
 def test_the_nets_convolutions_are_cpu_conv_s_through_flax_s_current_field():
-  conv = layers.conv_factory(jnp.float32)(4, (3, 3))
-  # flax marks `conv_general_dilated` "Deprecated. Will be removed."; a newer flax would break every net.
-  assert conv.conv_general_dilated is None
   x = jnp.ones((2, 8, 8, 4))
-  params = conv.init(jax.random.key(0), x)
 
-  def traced_gradient(mode):  # a new function each time: jax caches traces by function
-    with cpu_conv.weight_grad(mode):
-      return str(jax.make_jaxpr(lambda p: jax.grad(lambda p: conv.apply(p, x).sum())(p))(params))
+  def traced_gradient(mode):
+    conv = layers.conv_factory(jnp.float32, mode)(4, (3, 3))
+    # flax marks `conv_general_dilated` "Deprecated. Will be removed."; a newer flax would break every net.
+    assert conv.conv_general_dilated is None
+    params = conv.init(jax.random.key(0), x)
+    return str(jax.make_jaxpr(lambda p: jax.grad(lambda p: conv.apply(p, x).sum())(p))(params))
   assert "custom_vjp" in traced_gradient("patches") and "custom_vjp" not in traced_gradient("lax")
 
 

@@ -193,6 +193,13 @@ def test_compare_reads_a_wandb_sweep_through_the_public_api(monkeypatch, tmp_pat
   assert rows["resnet20"][2] == "0.27M" and rows["resnet20"][5] == "50.00" and rows["plain20"][6] == "60.00"
 
 
+def test_a_wandb_run_s_config_gets_the_defaults_a_saved_one_gets():
+  config = eval_lib.train_config_of({"config.model.name": "lenet5", "config.model.sparse_c3": True,
+                                     "config.seed": 3, "_wandb": {"runtime": 1}})
+  assert dict(config.model) == {"name": "lenet5", "sparse_c3": True}  # not the default net's fields
+  assert config.seed == 3 and config.dataset.image_size == 0 and train.net_name(config) == "lenet5"
+
+
 def test_compare_of_a_path_that_is_neither_a_folder_nor_a_sweep_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match="neither a folder nor a wandb sweep"):
     eval_lib.load_runs([str(tmp_path / "no" / "such" / "dir" / "x")])

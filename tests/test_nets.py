@@ -235,5 +235,27 @@ def test_unknown_names_and_depths_are_errors_naming_the_valid_ones(name, kwargs,
 
 def test_every_registered_net_takes_the_arguments_train_py_passes():
   for name in nets.names():
-    model = nets.create(name, num_classes=10, dtype=jnp.float32, axis_name=None)
+    model = nets.create(name, num_classes=10, dtype=jnp.float32, axis_name=None, conv_weight_grad="lax")
     assert model.num_classes == 10, name
+
+
+# One net of each module, small enough to trace fast at 32x32 (alexnet ungrouped: a grouped
+# convolution takes lax's weight gradient in every mode).
+ONE_OF_EACH = [
+    ("lenet5", {"sparse_c3": True}), ("alexnet", {"cifar_stem": True, "grouped": False, "classifier_width": 8}),
+    ("vgg11", {"classifier_width": 8}), ("googlenet", {"cifar_stem": True}), ("resnet18", {"cifar_stem": True}),
+    ("cifar_resnet", {"depth": 8, "shortcut": "B"}), ("preact_resnet", {"depth": 11}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", ONE_OF_EACH, ids=[name for name, _ in ONE_OF_EACH])
+def test_every_convolution_takes_the_weight_gradient_the_net_is_created_with(name, kwargs):
+  def jaxpr(mode):
+    model = nets.create(name, num_classes=10, conv_weight_grad=mode, **kwargs)
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), train=False))
+    train = lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+    return str(jax.make_jaxpr(train)(variables, x))  # in training: GoogLeNet's auxiliary heads too
+  convolutions = jaxpr("lax").count("conv_general_dilated[")
+  assert convolutions > 0 and "custom_vjp" not in jaxpr("lax")
+  assert jaxpr("patches").count("custom_vjp_call[") == convolutions  # each one's gradient by patches

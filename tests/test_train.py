@@ -223,6 +223,9 @@ def test_dispatches_read_each_seed_s_batches_from_orders_computed_once_per_epoch
 
 
 def test_the_conv_weight_gradient_by_patches_trains_as_lax_s(mock_cifar10, tiny_config, tmp_path):
+  for mode in ("lax", "patches"):  # the model is created with the config's mode
+    tiny_config.conv_weight_grad = mode
+    assert train.create_model(tiny_config, num_classes=10).conv_weight_grad == mode
   losses = losses_by(tiny_config, tmp_path, "conv_weight_grad", ("lax", "patches"))
   np.testing.assert_allclose(losses["patches"], losses["lax"], rtol=1e-4)
 

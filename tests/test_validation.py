@@ -59,6 +59,14 @@ def test_a_typo_in_a_config_file_gets_a_did_you_mean():
   assert 'model.dpeth: cifar_resnet has no such field. Did you mean "depth"?' in problems
 
 
+def test_a_config_file_that_lacks_a_field_of_default_py_is_a_problem():
+  fields = default.get_config().to_dict()
+  del fields["seed_batching"], fields["dataset"]["image_size"]
+  problems = problems_of(ml_collections.ConfigDict(fields))  # as a file not built on default.py may be
+  assert "seed_batching: missing; a config file starts from configs/default.py's get_config()" in problems
+  assert "dataset.image_size: missing" in problems
+
+
 def test_a_value_of_the_wrong_type_in_a_config_file_is_a_problem():
   config = ml_collections.ConfigDict({**default.get_config().to_dict(), "total_steps": "64k"})  # as a file may build it
   assert "total_steps = '64k': must be a int" in problems_of(config)
