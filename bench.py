@@ -44,12 +44,12 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-import input_pipeline
+from depthlab import input_pipeline
 import nets
 from nets import cpu_conv
-import parallel
+from depthlab import parallel
 import train
-import writers
+from depthlab import writers
 
 IMPORT_SECONDS = time.perf_counter() - IMPORT_START
 CIFAR_IMAGE_SHAPE = (32, 32, 3)

@@ -29,13 +29,13 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-import checkpoints
-import input_pipeline
-import parallel
+from depthlab import checkpoints
+from depthlab import input_pipeline
+from depthlab import parallel
 import train
 from nets import cpu_conv
-import validation
-import writers
+from depthlab import validation
+from depthlab import writers
 from configs import default
 
 FLAGS = flags.FLAGS

@@ -27,13 +27,13 @@ from absl import app, flags, logging
 from flax.training import train_state
 from ml_collections import config_flags
 
-import checkpoints
-import input_pipeline
+from depthlab import checkpoints
+from depthlab import input_pipeline
 import nets
-import parallel
+from depthlab import parallel
 from nets import cpu_conv
-import validation
-import writers
+from depthlab import validation
+from depthlab import writers
 
 AXIS = parallel.AXIS
 

@@ -30,11 +30,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import bench
-import checkpoints
+from depthlab import checkpoints
 from nets import cpu_conv
 import train
-import validation
-import writers
+from depthlab import validation
+from depthlab import writers
 
 EARLY_STEPS = 20  # the window in which the paper's recipe blows up (largest loss over steps 1-20)
 LAST_STEPS = 10  # the window whose means say whether a net is at chance

@@ -13,7 +13,7 @@ import argparse
 import json
 
 import bench
-import writers
+from depthlab import writers
 
 COLUMNS = ("net", "dtype", "steps/dispatch", "seeds", "images/s", "ms/step", "compile s", "peak device",
            "torch fp32", "torch bf16", "torch channels_last", "ours/torch fp32", "projected")

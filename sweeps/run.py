@@ -36,10 +36,10 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
+from depthlab import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-import validation  # pylint: disable=g-import-not-at-top,wrong-import-position
-import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from depthlab import validation  # pylint: disable=g-import-not-at-top,wrong-import-position
+from depthlab import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The agent's command when a sweep file names none.
 DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")

@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-import checkpoints
+from depthlab import checkpoints
 import train
 from tests.conftest import requires_cpu
 from tests.test_train import REPO
-from writers import read_metrics
+from depthlab.writers import read_metrics
 
 
 def final_params(workdir):
@@ -244,7 +244,8 @@ STORAGE_FAILS_IN_SUBPROCESS = """
 import os, sys
 import tensorflow_datasets as tfds
 from absl import app, flags
-import train, writers
+import train
+from depthlab import writers
 write = writers.MetricWriter.write
 def write_then_block_checkpoints(self, step, metrics):
   write(self, step, metrics)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import input_pipeline
+from depthlab import input_pipeline
 import nets
 import train
 from configs import default

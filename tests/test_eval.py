@@ -12,7 +12,7 @@ import eval as eval_lib
 import train
 from configs import default
 from tests.conftest import requires_devices
-from writers import read_metrics
+from depthlab.writers import read_metrics
 
 
 @pytest.fixture

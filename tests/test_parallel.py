@@ -1,4 +1,4 @@
-"""parallel.py: several processes train as one, fail clearly, and stop together.
+"""depthlab/parallel.py: several processes train as one, fail clearly, and stop together.
 
 The multi-process tests start real processes on localhost (tests/multiprocess_child.py),
 joined by jax.distributed with CPU collectives, each with its own fake CPU devices.
@@ -17,8 +17,8 @@ import pytest
 
 import tensorflow_datasets as tfds
 
-import checkpoints
-import parallel
+from depthlab import checkpoints
+from depthlab import parallel
 import train
 from tests.conftest import make_tiny_config
 from tests.test_train import REPO, read_metrics

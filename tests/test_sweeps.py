@@ -16,7 +16,7 @@ import train
 from configs import default
 from sweeps import run as runner
 from tests.test_train import REPO
-from writers import read_metrics
+from depthlab.writers import read_metrics
 
 SWEEP_FILES = sorted(glob.glob(os.path.join(REPO, "sweeps", "*.yaml")))
 

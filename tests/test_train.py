@@ -15,10 +15,10 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-import input_pipeline
-import parallel
+from depthlab import input_pipeline
+from depthlab import parallel
 import train
-from writers import read_metrics
+from depthlab.writers import read_metrics
 from configs import default
 from tests.conftest import real_cifar10_dir, requires_cifar10, requires_devices
 

@@ -1,4 +1,4 @@
-"""validation.py: every config mistake is found before anything heavy starts and told as one
+"""depthlab/validation.py: every config mistake is found before anything heavy starts and told as one
 message naming the field and the fix; train.py shows it without a traceback."""
 
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import ml_collections
 import pytest
 
-import validation
+from depthlab import validation
 from configs import default
 from tests.test_train import REPO
 

@@ -1,4 +1,4 @@
-"""writers.py: wandb never reaches its login prompt; configs flatten to sweep names; metrics.jsonl
+"""depthlab/writers.py: wandb never reaches its login prompt; configs flatten to sweep names; metrics.jsonl
 survives a torn write; storage failures are one clear error."""
 
 import os
@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-import writers
+from depthlab import writers
 from configs import default
 
 

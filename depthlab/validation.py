@@ -17,10 +17,10 @@ from typing import Any, Iterator
 
 import ml_collections
 
-import input_pipeline
+from depthlab import input_pipeline
 import nets
-import parallel
-import writers
+from depthlab import parallel
+from depthlab import writers
 from configs import default
 from nets import cifar_resnet, cpu_conv, preact_resnet
 
