@@ -5,10 +5,10 @@
     python bench.py --config=configs/resnet20.py --config.num_seeds=4
     python bench.py --config=configs/resnet20.py --torch=all --out=bench.json
 
-What is timed is train.py's own dispatch: `train.steps_on_device` (the on-device batch
+What is timed is train.py's own dispatch: `steps.steps_on_device` (the on-device batch
 gathering, crop, flip and normalisation included; config.steps_per_dispatch steps of
-config.num_seeds seeds) run on the devices by `parallel.Replicas.parallelize`, as
-`train.train_from` runs it, on a random uint8 training
+config.num_seeds seeds) run on the devices by `parallel.DataParallel.parallelize`, as
+`loop.train_loop` runs it, on a random uint8 training
 set of CIFAR-10's shape (`--real_data`: the real one). After the first dispatch (which
 compiles) and one untimed dispatch more, `--windows` windows of `--steps_per_window` steps
 are timed and the medians reported. With `--torch`, each of our windows is followed by one
@@ -48,7 +48,10 @@ from depthlab import input_pipeline
 import nets
 from nets import cpu_conv
 from depthlab import parallel
-import train
+from depthlab import naming
+from depthlab import run_setup
+from depthlab import state as state_lib
+from depthlab import steps
 from depthlab import writers
 
 IMPORT_SECONDS = time.perf_counter() - IMPORT_START
@@ -143,8 +146,8 @@ class OurStep:
 
   def __init__(self, config: ml_collections.ConfigDict, options: Options):
     start = time.perf_counter()
-    self.replicas = parallel.Replicas(config.parallelism, config.num_devices)
-    train.check_batch_size(config, self.replicas.count)
+    self.replicas = parallel.DataParallel(config.parallelism, config.num_devices)
+    run_setup.check_batch_size(config, self.replicas.count)
     self.steps_per_dispatch = config.steps_per_dispatch
     if options.steps_per_window % self.steps_per_dispatch:
       raise ValueError(
@@ -153,18 +156,18 @@ class OurStep:
     dataset = (input_pipeline.load_dataset(config.dataset) if options.real_data
                else random_dataset(options.num_examples, config.seed))
     self.num_classes = dataset.num_classes
-    model = train.create_model(config, dataset.num_classes)
-    init_key, data_key = train.run_keys(config)
+    model = state_lib.create_model(config, dataset.num_classes)
+    init_key, data_key = state_lib.run_keys(config)
     image_shape = input_pipeline.input_shape(config.dataset, dataset.train.images.shape[1:])
-    state = train.create_train_state(config, model, init_key, image_shape)
+    state = state_lib.create_train_state(config, model, init_key, image_shape)
     self.num_params = nets.count_params(state.params) // config.num_seeds
     self.train_fn = self.replicas.parallelize(
-        train.steps_on_device(config, self.replicas.count, self.steps_per_dispatch), donate_argnums=(0,))
+        steps.steps_on_device(config, self.replicas.count, self.steps_per_dispatch), donate_argnums=(0,))
     self.state = self.replicas.replicate(state)
     self.data = self.replicas.replicate({
         "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
     self.data_key = self.replicas.replicate(jax.random.key_data(data_key))  # as train_from passes it
-    self.orders = train.EpochOrders(config, self.replicas, data_key, len(dataset.train))
+    self.orders = steps.EpochOrders(config, self.replicas, data_key, len(dataset.train))
     self.step = 0
     self.metrics = None
     jax.block_until_ready((self.state, self.data))
@@ -296,7 +299,7 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
   measured = throughput(seconds[OURS], options.steps_per_window, config.batch_size * config.num_seeds)
   seconds_per_dispatch = measured["ms_per_step"] * config.steps_per_dispatch / 1000
   result = {
-      "net": train.net_name(config),
+      "net": naming.net_name(config),
       "num_params": ours.num_params,
       "batch_size": config.batch_size,
       "dtype": config.dtype,

@@ -32,7 +32,9 @@ from absl import app, flags, logging
 from depthlab import checkpoints
 from depthlab import input_pipeline
 from depthlab import parallel
-import train
+from depthlab import loop
+from depthlab import naming
+from depthlab import state as state_lib
 from nets import cpu_conv
 from depthlab import validation
 from depthlab import writers
@@ -69,10 +71,10 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, include_train: bo
   config = load_run_config(workdir)
   if data_dir:
     config.dataset.data_dir = data_dir
-  replicas = parallel.Replicas(config.parallelism, num_devices)
+  replicas = parallel.DataParallel(config.parallelism, num_devices)
   dataset = input_pipeline.load_dataset(config.dataset)
-  model = train.create_model(config, dataset.num_classes)
-  template = train.create_train_state(config, model, train.run_keys(config)[0],
+  model = state_lib.create_model(config, dataset.num_classes)
+  template = state_lib.create_train_state(config, model, state_lib.run_keys(config)[0],
                                       input_pipeline.input_shape(config.dataset, dataset.train.images.shape[1:]))
   ckpts = checkpoints.Checkpoints(workdir)
   try:
@@ -83,7 +85,7 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, include_train: bo
     raise FileNotFoundError(f"No readable checkpoint in {ckpts.directory}.")
   step, state, _ = restored
   splits = dict(dataset.eval_splits, **({"train": dataset.train} if include_train else {}))
-  evaluate = train.make_evaluator(replicas, splits, dataset.mean_image, config)
+  evaluate = loop.make_evaluator(replicas, splits, dataset.mean_image, config)
   results = {"step": step, "devices": replicas.count, **evaluate(replicas.replicate(state))}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"eval_{step}.json"), "w") as f:
@@ -105,7 +107,7 @@ class RunHistory:
   @property
   def net(self) -> str:
     """Runs of the same net (seed aside) are averaged into one curve and one table row."""
-    return train.net_name(self.config)
+    return naming.net_name(self.config)
 
   @property
   def panel(self) -> str:
@@ -127,7 +129,7 @@ def split_seeds(run: RunHistory) -> list[RunHistory]:
   if config.get("num_seeds", 1) == 1:
     return [run]
   runs = []
-  for seed in train.seeds(config):
+  for seed in state_lib.seeds(config):
     prefix = f"seed{seed}/"
     one = ml_collections.ConfigDict(config.to_dict())
     one.seed, one.num_seeds = seed, 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import eval as eval_lib
-import train
+from depthlab import loop
 from configs import default
 from tests.conftest import requires_devices
 from depthlab.writers import read_metrics
@@ -18,7 +18,7 @@ from depthlab.writers import read_metrics
 @pytest.fixture
 def finished_run(mock_cifar10, tiny_config, tmp_path):
   tiny_config.num_devices, tiny_config.checkpoint_every_steps = min(2, jax.device_count()), 2
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
   return tmp_path
 
 
@@ -158,7 +158,7 @@ def test_a_several_seed_run_compares_as_its_seeds(sweep_dir):
 @requires_devices(2)
 def test_eval_of_a_several_seed_run_gives_each_seed_its_logged_error(mock_cifar10, tiny_config, tmp_path):
   tiny_config.num_seeds = 2
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
   results = eval_lib.evaluate_checkpoint(str(tmp_path), num_devices=2)
   logged = read_metrics(tmp_path)[-1]
   for key in ("seed0/test_error", "seed1/test_error", "test_error", "test_error_std"):

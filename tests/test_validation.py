@@ -7,6 +7,7 @@ import sys
 import ml_collections
 import pytest
 
+from depthlab import cli
 from depthlab import validation
 from configs import default
 from tests.test_train import REPO
@@ -86,6 +87,6 @@ def test_a_workdir_that_is_a_file_is_a_problem(tmp_path):
 def test_train_py_prints_one_message_and_no_traceback_for_a_bad_config(args, message, tmp_path):
   result = subprocess.run([sys.executable, "train.py", *args, f"--workdir={tmp_path / 'run'}"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
-  assert result.returncode == validation.EXIT_CONFIG, result.stderr[-2000:]
+  assert result.returncode == cli.EXIT_CONFIG, result.stderr[-2000:]
   assert message in result.stderr and "Traceback" not in result.stderr + result.stdout
   assert not (tmp_path / "run").exists()  # a refused config leaves nothing behind
