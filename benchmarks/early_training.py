@@ -6,7 +6,7 @@
 
 For each net (plain and residual, at each of --depths) it trains seeds config.seed ..
 config.seed + config.num_seeds - 1 side by side on the real training set for --steps
-steps, with train.py's own step (bench.OurStep), and keeps every step's training loss
+steps, with train.py's own step (bench.JaxStep), and keeps every step's training loss
 and error. Per run it reports the loss at initialisation (step 1's loss is computed
 before its update), the largest loss over steps 1-20, the mean loss and error over the
 last 10 steps, and whether the net is at chance there (collapse.at_chance: the loss of
@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-import bench
+from benchmarks import bench
 from depthlab import checkpoints
 from depthlab import cli
 from depthlab import collapse
@@ -75,11 +75,11 @@ def same_config(saved: dict[str, Any], config: ml_collections.ConfigDict) -> boo
 
 def train_curves(config: ml_collections.ConfigDict, steps: int) -> dict[str, np.ndarray]:
   """Every step's training loss and error of each seed: {"loss": [steps, seeds], "error": ...}."""
-  ours = bench.OurStep(config, bench.Options(real_data=True))
+  ours = bench.JaxStep(config, bench.Options(real_data=True))
   losses, errors, start = [], [], time.perf_counter()
   for step in range(1, steps + 1):
     ours.run(1)
-    metrics = ours.replicas.to_host(ours.metrics)
+    metrics = ours.data_parallel.to_host(ours.metrics)
     losses.append(np.reshape(metrics["train_loss"], -1))
     errors.append(np.reshape(metrics["train_error"], -1))
     if step % 10 == 0 or step == steps:

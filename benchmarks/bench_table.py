@@ -1,9 +1,9 @@
-"""One table from several bench.py JSON files: each run's throughput, PyTorch's, and the projected run time.
+"""One table from several benchmarks/bench.py JSON files: each run's throughput, PyTorch's, and the projected run time.
 
-    python -m benchmarks.summarize runs/bench/*.json
-    python -m benchmarks.summarize runs/bench/*.json --combined=all.json   # also all results in one file
+    python -m benchmarks.bench_table runs/bench/*.json
+    python -m benchmarks.bench_table runs/bench/*.json --combined=all.json   # also all results in one file
 
-Images/s count every seed's images (bench.py --config.num_seeds). The projection is total_steps (64k for the paper's recipe) times the median ms/step: train
+Images/s count every seed's images (benchmarks/bench.py --config.num_seeds). The projection is total_steps (64k for the paper's recipe) times the median ms/step: train
 steps only, no evaluation or checkpoints. Below the table, the ratios that matter
 (`key_ratios`): ResNet-56's projected run, ours / PyTorch, and several seeds in one step
 against one.
@@ -12,7 +12,7 @@ against one.
 import argparse
 import json
 
-import bench
+from benchmarks import bench
 from depthlab import writers
 
 COLUMNS = ("net", "dtype", "steps/dispatch", "seeds", "images/s", "ms/step", "compile s", "peak device",
@@ -25,7 +25,7 @@ def seeds_cell(result: dict) -> str:
 
 
 def row(result: dict) -> list[str]:
-  """The table's cells for one bench.py result; '-' where the run did not measure it."""
+  """The table's cells for one benchmarks/bench.py result; '-' where the run did not measure it."""
   ours, theirs = result[bench.OURS], result["torch"]
   torch_speed = [f"{theirs[v]['images_per_sec']:.0f}" if v in theirs else "-" for v in bench.TORCH_VARIANTS]
   ratio = f"{theirs['fp32']['ours_over_torch_median']:.2f}" if "fp32" in theirs else "-"
@@ -70,7 +70,7 @@ def key_ratios(results: list[dict], net: str = "resnet56") -> list[str]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("results", nargs="+", help="JSON files written by bench.py --out")
+  parser.add_argument("results", nargs="+", help="JSON files written by benchmarks/bench.py --out")
   parser.add_argument("--combined", help="also write the results, in the table's order, as one JSON list here")
   args = parser.parse_args()
   results = []
