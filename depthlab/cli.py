@@ -46,6 +46,8 @@ COMMAND_LINE_ERRORS = (flags.Error, KeyError, OSError, AttributeError, TypeError
 def command_line_problem(error: Exception, args: list[str]) -> str:
   """One line for a bad command line: the argument at fault, what is wrong, the fix."""
   config_file = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+  if isinstance(error, AttributeError) and error.args and isinstance(error.args[0], KeyError):
+    error = error.args[0]  # a top-level field that does not exist: --config.data_dir
   if isinstance(error, OSError) and config_file and not os.path.isfile(config_file):
     return (f"--config={config_file}: no such config file; give one of configs/*.py, e.g. "
             "--config=configs/resnet56.py (paths are relative to where you run).")

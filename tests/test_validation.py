@@ -81,6 +81,7 @@ def test_a_workdir_that_is_a_file_is_a_problem(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/resnet20.py", "--config.learning_rate=-1"], "learning_rate = -1.0: must be a positive number"),
     (["--config=configs/resnet20.py", "--config.modle.depth=20"], 'no config field \'modle\'. Did you mean "model"'),
+    (["--config=configs/resnet20.py", "--config.data_dir=/data"], "--config.data_dir: no config field 'data_dir'."),
     (["--config=configs/nope.py"], "--config=configs/nope.py: no such config file"),
     (["--config=configs/resnet20.py", "--config.total_steps=0"], "total_steps = 0: must be at least 1"),
 ])
