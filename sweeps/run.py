@@ -249,7 +249,7 @@ def plan(sweep: dict[str, Any], count: int | None = None, seed: int = 0) -> list
       continue
     if workdir in workdirs:
       problems.append(f"runs {workdirs[workdir] + 1} and {i + 1} would share the workdir {workdir}: give the "
-                      "parameters that tell them apart a place in naming.run_name, or set config.experiment.")
+                      "parameters that tell them apart a place in depthlab/naming.py run_name, or set config.experiment.")
     workdirs[workdir] = i
     runs.append(Run(i, params, command, config, workdir))
   if problems:
