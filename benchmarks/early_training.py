@@ -6,10 +6,10 @@
 
 For each net (plain and residual, at each of --depths) it trains seeds config.seed ..
 config.seed + config.num_seeds - 1 side by side on the real training set for --steps
-steps, with train.py's own step (bench.OurStep), and keeps every step's training loss
+steps, with train.py's own step (bench.JaxStep), and keeps every step's training loss
 and error. Per run it reports the loss at initialisation (step 1's loss is computed
 before its update), the largest loss over steps 1-20, the mean loss and error over the
-last 10 steps, and whether the net is at chance there (train.at_chance: the loss of
+last 10 steps, and whether the net is at chance there (collapse.at_chance: the loss of
 uniform predictions, the error of one class guessed for all).
 
 Every net's curves are appended to --out as one JSON line as soon as it finishes: a
@@ -29,12 +29,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-import bench
-import checkpoints
+from benchmarks import bench
+from depthlab import checkpoints
+from depthlab import cli
+from depthlab import collapse
+from depthlab import naming
+from depthlab import state
+from depthlab import validation
+from depthlab import writers
 from nets import cpu_conv
-import train
-import validation
-import writers
 
 EARLY_STEPS = 20  # the window in which the paper's recipe blows up (largest loss over steps 1-20)
 LAST_STEPS = 10  # the window whose means say whether a net is at chance
@@ -72,16 +75,16 @@ def same_config(saved: dict[str, Any], config: ml_collections.ConfigDict) -> boo
 
 def train_curves(config: ml_collections.ConfigDict, steps: int) -> dict[str, np.ndarray]:
   """Every step's training loss and error of each seed: {"loss": [steps, seeds], "error": ...}."""
-  ours = bench.OurStep(config, bench.Options(real_data=True))
+  ours = bench.JaxStep(config, bench.Options(real_data=True))
   losses, errors, start = [], [], time.perf_counter()
   for step in range(1, steps + 1):
     ours.run(1)
-    metrics = ours.replicas.to_host(ours.metrics)
+    metrics = ours.data_parallel.to_host(ours.metrics)
     losses.append(np.reshape(metrics["train_loss"], -1))
     errors.append(np.reshape(metrics["train_error"], -1))
     if step % 10 == 0 or step == steps:
       elapsed = time.perf_counter() - start
-      print(f"  {train.net_name(config)} step {step}/{steps}: loss {np.mean(losses[-1]):.3f} | "
+      print(f"  {naming.net_name(config)} step {step}/{steps}: loss {np.mean(losses[-1]):.3f} | "
             f"ETA {writers.format_duration(elapsed / step * (steps - step))}", flush=True)
   return {"loss": np.array(losses), "error": np.array(errors)}
 
@@ -91,7 +94,7 @@ def run_summary(loss: np.ndarray, error: np.ndarray, num_classes: int = 10) -> d
   last_loss, last_error = float(loss[-LAST_STEPS:].mean()), float(error[-LAST_STEPS:].mean())
   return {"initial_loss": float(loss[0]), "max_early_loss": float(loss[:EARLY_STEPS].max()),
           "last_loss": last_loss, "last_error": last_error,
-          "at_chance": train.at_chance(last_loss, last_error, num_classes)}
+          "at_chance": collapse.at_chance(last_loss, last_error, num_classes)}
 
 
 def read_results(path: str) -> list[dict[str, Any]]:
@@ -125,12 +128,12 @@ def measure(base: ml_collections.ConfigDict, nets_to_train: list[tuple[int, bool
     config = net_config(base, depth, residual)
     found = [r for r in done if same_config(r["config"], config) and r["steps"] == steps]
     if found:
-      print(f"{train.net_name(config)}: already in {out}", flush=True)
+      print(f"{naming.net_name(config)}: already in {out}", flush=True)
       results.append(found[-1])
       continue
-    print(f"{train.net_name(config)}: {steps} steps of seeds {train.seeds(config)}", flush=True)
+    print(f"{naming.net_name(config)}: {steps} steps of seeds {state.seeds(config)}", flush=True)
     curves = train_curves(config, steps)
-    result = {"net": train.net_name(config), "seeds": train.seeds(config), "steps": steps,
+    result = {"net": naming.net_name(config), "seeds": state.seeds(config), "steps": steps,
               "config": as_json(config), "loss": curves["loss"].tolist(), "error": curves["error"].tolist()}
     with open(out, "a") as f:
       f.write(json.dumps(result) + "\n")
@@ -170,7 +173,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cpu_conv.use_fast_xla_cpu_flags()
-  with validation.user_errors_as_messages():
+  with cli.user_errors_as_messages():
     nets_to_train = [(int(d), r.lower() == "true") for r in FLAGS.residual for d in FLAGS.depths]
     for depth, residual in nets_to_train:  # every net's problems before any net trains
       validation.validate_config(net_config(FLAGS.config, depth, residual))

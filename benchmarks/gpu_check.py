@@ -11,7 +11,7 @@ ends: a check cut short keeps everything it measured.
 
 Under $OUT: env.txt, wheels.log, tests.log, bench.log, bench/<run>.json, summary.md,
 results.json (every run's JSON in one list), summary.log, check.log (what ran, when, how it ended). Only the standard library is imported here:
-the wheels that bench.py needs are installed by the check itself.
+the wheels that benchmarks/bench.py needs are installed by the check itself.
 """
 
 import argparse
@@ -43,7 +43,7 @@ TESTS = [
 
 @dataclasses.dataclass(frozen=True)
 class BenchRun:
-  """One bench.py run; `compile_s` and `ms_per_step` are guesses for an H100/H200-class GPU."""
+  """One benchmarks/bench.py run; `compile_s` and `ms_per_step` are guesses for an H100/H200-class GPU."""
   depth: int
   dtype: str = "float32"
   dispatch: int = 1
@@ -113,7 +113,7 @@ def stages(out: str, wheels: str, python: str = sys.executable) -> list[Stage]:
       f"{python} -m pip list 2>/dev/null | grep -i -E 'jax|flax|optax|orbax|torch|numpy|nvidia-cudnn|protobuf' || true"])
   install = (f"ls {wheels}/*.whl >/dev/null 2>&1 || {{ echo 'no wheels in {wheels}: using the image as it is'; exit 0; }}; "
              f"{python} -m pip install --no-index --no-deps --quiet --target {SITE} {wheels}/*.whl")
-  imports = (f"{python} -c \"import jax; print('jax', jax.__version__, jax.devices()); import bench; "
+  imports = (f"{python} -c \"import jax; print('jax', jax.__version__, jax.devices()); from benchmarks import bench; "
              "print('bench imports')\"")
   return [
       Stage("env", 10, 30, ["bash", "-c", env_report], "env.txt"),
@@ -125,7 +125,7 @@ def stages(out: str, wheels: str, python: str = sys.executable) -> list[Stage]:
       # Replaces the bench runs' own summary.md only when it has a table: with the device and sorted.
       Stage("summary", 5, 30, ["bash", "-c", (
           f"ls {out}/bench/*.json >/dev/null 2>&1 || {{ echo 'no bench run finished'; exit 1; }}; "
-          f"{python} -m benchmarks.summarize {out}/bench/*.json --combined={out}/results.json "
+          f"{python} -m benchmarks.bench_table {out}/bench/*.json --combined={out}/results.json "
           f"> {out}/summary.tmp && mv {out}/summary.tmp {out}/summary.md")], "summary.log"),
   ]
 
@@ -165,7 +165,7 @@ def print_plan(budget_s: float, out: str, wheels: str) -> None:
   for stage in stages(out, wheels):
     print(f"  [{stage.name}] {' '.join(stage.command)}  > {out}/{stage.log}  (stopped after {stage.limit_s:.0f} s)")
   for run in BENCH_RUNS:
-    print(f"  [bench {run.name}] bench.py {' '.join(run.args(out))}")
+    print(f"  [bench {run.name}] benchmarks/bench.py {' '.join(run.args(out))}")
 
 
 def log(out: str, message: str) -> None:
@@ -193,8 +193,8 @@ def run_benches(out: str, deadline: float) -> None:
   sys.path.insert(0, REPO)
   from nets import cpu_conv  # pylint: disable=g-import-not-at-top
   cpu_conv.use_fast_xla_cpu_flags()
-  import bench  # pylint: disable=g-import-not-at-top
-  from benchmarks import summarize  # pylint: disable=g-import-not-at-top
+  from benchmarks import bench  # pylint: disable=g-import-not-at-top
+  from benchmarks import bench_table  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.join(out, "bench"), exist_ok=True)
   results, runs = [], BENCH_RUNS
   if importlib.util.find_spec("torch") is None:
@@ -214,8 +214,8 @@ def run_benches(out: str, deadline: float) -> None:
       print(bench.format_table(result), flush=True)
       results.append(result)
       with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(summarize.markdown_table(results) + "\n\n")
-        f.write("\n".join(f"- {line}" for line in summarize.key_ratios(results)) + "\n")
+        f.write(bench_table.markdown_table(results) + "\n\n")
+        f.write("\n".join(f"- {line}" for line in bench_table.key_ratios(results)) + "\n")
       log(out, f"bench {run.name}: done in {time.perf_counter() - start:.0f} s "
                f"({result[bench.OURS]['ms_per_step']:.2f} ms/step, compile {result[bench.OURS]['compile_s']:.0f} s)")
     except Exception:  # pylint: disable=broad-except

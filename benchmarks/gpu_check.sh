@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The first GPU lease's check in 7 minutes of device time (benchmarks/gpu_check.py says
 # what it runs): environment, the carried wheels from .whl/ (benchmarks/fetch_wheels.sh),
-# a handful of one-device tests, bench.py for ResNet-20/56/110 in float32 and bfloat16 at
+# a handful of one-device tests, benchmarks/bench.py for ResNet-20/56/110 in float32 and bfloat16 at
 # 1 and 10 steps per dispatch, 4 seeds in one step (vmap and loop), PyTorch beside the
 # float32 ResNet-56 if it is installed, and a summary with the ratios; all of it under $OUT
 # (else runs/gpu-check) as it goes.

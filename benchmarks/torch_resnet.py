@@ -1,6 +1,6 @@
 """The CIFAR ResNet of He et al. 2015 (section 4.2) and its SGD train step, in PyTorch.
 
-The baseline that bench.py times against our Flax step. It follows the paper, as
+The baseline that benchmarks/bench.py times against our Flax step. It follows the paper, as
 nets/cifar_resnet.py does: a 3x3 conv with 16 filters, three stages of n blocks of two
 3x3 convs (16, 32, 64 filters, stride 2 at the first block of stages 2 and 3), batch
 norm after every conv, ReLU, global average pooling and a dense layer; shortcut option A
@@ -10,7 +10,7 @@ Same layers, so the same parameter count as ours at every depth.
 PyTorch is an optional dependency (benchmarks/requirements-torch.txt): train.py and
 the tests never need it.
 
-bench.py runs this side in a process of its own, `python -m benchmarks.torch_resnet`,
+benchmarks/bench.py runs this side in a process of its own, `python -m benchmarks.torch_resnet`,
 which builds one variant and times its steps on request (`serve`, below).
 """
 
@@ -132,14 +132,14 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
   return step
 
 
-# ------------------------------------------------------------------- bench.py's PyTorch process
+# ------------------------------------------------------------------- benchmarks/bench.py's PyTorch process
 
 
 class TimedStep:
   """One variant's train step on one fixed random batch, ready to time.
 
   It runs on the GPU when asked to and PyTorch sees one, else on the CPU. It has no data
-  pipeline: its batch is made once, where bench.py's is gathered and augmented every step.
+  pipeline: its batch is made once, where benchmarks/bench.py's is gathered and augmented every step.
   """
 
   def __init__(self, depth: int, residual: bool, shortcut: str, num_classes: int, batch_size: int,
@@ -175,7 +175,7 @@ class TimedStep:
 
 
 def serve(requests: IO[str], replies: IO[str]) -> None:
-  """Answers bench.py, one JSON line per request, until `requests` ends.
+  """Answers benchmarks/bench.py, one JSON line per request, until `requests` ends.
 
   The first request holds TimedStep's arguments and is answered with what was built
   (device, parameter count, PyTorch's version); each later one, {"steps": N}, runs N steps

@@ -86,7 +86,7 @@ def use_fast_xla_cpu_flags() -> None:
   """Adds XLA_CPU_FLAGS to $XLA_FLAGS where the backend will be the CPU, leaving any of them
   the user set alone.
 
-  Call it before JAX starts its backends (train.py, eval.py and bench.py do so first thing in main).
+  Call it before JAX starts its backends (train.py, eval.py and benchmarks/bench.py do so first thing in main).
   """
   if not backend_will_be_cpu(requested_platforms(), accelerator_plugins(), os.environ):
     return

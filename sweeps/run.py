@@ -36,10 +36,11 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
-import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-import validation  # pylint: disable=g-import-not-at-top,wrong-import-position
-import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from depthlab import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
+from depthlab import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from depthlab import naming  # pylint: disable=g-import-not-at-top,wrong-import-position
+from depthlab import validation  # pylint: disable=g-import-not-at-top,wrong-import-position
+from depthlab import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The agent's command when a sweep file names none.
 DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
@@ -223,7 +224,7 @@ class Run:
                config: Any, workdir: str):
     self.index, self.params, self.command = index, params, command
     self.config, self.workdir = config, workdir
-    self.name = train.run_name(config)
+    self.name = naming.run_name(config)
     self.status, self.process = "pending", None
     self.started, self.seconds = 0.0, 0.0  # perf_counter at start; wall time once it ended
 
@@ -240,7 +241,7 @@ def plan(sweep: dict[str, Any], count: int | None = None, seed: int = 0) -> list
   for i, params in enumerate(expand(sweep, count, seed)):
     command = command_line(sweep, params)
     try:
-      config, workdir = train.parse_command_line(train_args(sweep, command))
+      config, workdir = cli.parse_command_line(train_args(sweep, command))
       validation.validate_config(config, workdir)
     except validation.ConfigError as e:
       problems += [f"run {i + 1} ({' '.join(agent_args(params)['args'])}): {p}" for p in e.problems
@@ -248,7 +249,7 @@ def plan(sweep: dict[str, Any], count: int | None = None, seed: int = 0) -> list
       continue
     if workdir in workdirs:
       problems.append(f"runs {workdirs[workdir] + 1} and {i + 1} would share the workdir {workdir}: give the "
-                      "parameters that tell them apart a place in train.run_name, or set config.experiment.")
+                      "parameters that tell them apart a place in depthlab/naming.py run_name, or set config.experiment.")
     workdirs[workdir] = i
     runs.append(Run(i, params, command, config, workdir))
   if problems:
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--dry_run", action="store_true", help="Print each run's command and workdir; run nothing.")
   parser.add_argument("--debug", action="store_true", help="Show Python tracebacks of sweep file problems too.")
   args = parser.parse_args(argv)
-  with validation.user_errors_as_messages(args.debug, also=(ValueError,)):  # expand's: method, count
+  with cli.user_errors_as_messages(args.debug, also=(ValueError,)):  # expand's: method, count
     return run_sweep_file(parser, args)
 
 

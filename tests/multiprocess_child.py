@@ -28,15 +28,15 @@ def parse_args() -> argparse.Namespace:
 
 
 def send_sigterm_at(step: int) -> None:
-  """Makes this process receive SIGTERM when the loop summarizes `step`, as a preempted host would."""
-  import train  # pylint: disable=g-import-not-at-top
-  summarize = train.summarize
+  """Makes this process receive SIGTERM when the loop takes the means of the window ending at `step`, as a preempted host would."""
+  from depthlab import loop  # pylint: disable=g-import-not-at-top
+  window_means = loop.window_means
 
-  def summarize_then_signal(window, replicas, at_step, *args):
+  def window_means_then_signal(window, data_parallel, at_step, *args):
     if at_step == step:
       os.kill(os.getpid(), signal.SIGTERM)
-    return summarize(window, replicas, at_step, *args)
-  train.summarize = summarize_then_signal
+    return window_means(window, data_parallel, at_step, *args)
+  loop.window_means = window_means_then_signal
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import ml_collections  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  import train  # pylint: disable=g-import-not-at-top
+  from depthlab import loop  # pylint: disable=g-import-not-at-top
 
   with open(args.config_json) as f:
     config = ml_collections.ConfigDict(json.load(f))
@@ -59,7 +59,7 @@ def main() -> None:
   if args.sigterm_at_step:
     send_sigterm_at(args.sigterm_at_step)
   with tfds.testing.mock_data(num_examples=256):  # the mock_cifar10 fixture's data
-    train.train_and_evaluate(config, args.workdir)
+    loop.train_and_evaluate(config, args.workdir)
 
 
 if __name__ == "__main__":

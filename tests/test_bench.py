@@ -1,4 +1,4 @@
-"""bench.py: it times train.py's own step and writes what it promises; the PyTorch twin is our net.
+"""benchmarks/bench.py: it times train.py's own step and writes what it promises; the PyTorch twin is our net.
 
 The PyTorch tests are skipped where PyTorch is not installed (it is optional:
 benchmarks/requirements-torch.txt).
@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-import bench
+from benchmarks import bench
 from tests import test_nets
 
 requires_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
@@ -24,7 +24,7 @@ TINY = ["--config=configs/resnet20.py", "--config.model.depth=8", "--config.batc
 
 
 def run_tiny(tmp_path, *extra):
-  """Runs `bench.py TINY extra --out=...` in this process; returns the JSON it wrote and the table."""
+  """Runs `benchmarks/bench.py TINY extra --out=...` in this process; returns the JSON it wrote and the table."""
   config, options, out = bench.parse_command_line([*TINY, *extra, f"--out={tmp_path / 'bench.json'}"])
   result = bench.run_benchmark(config, options)
   bench.write_json(result, out)
@@ -66,7 +66,7 @@ def test_warm_up_runs_on_untimed_until_the_seconds_asked_have_passed():
 def test_bad_options_are_errors_that_say_what_to_change():
   config, _, _ = bench.parse_command_line([*TINY, "--config.steps_per_dispatch=3"])
   with pytest.raises(ValueError, match="not a multiple of --config.steps_per_dispatch=3"):
-    bench.OurStep(config, bench.Options(steps_per_window=4, num_examples=64))
+    bench.JaxStep(config, bench.Options(steps_per_window=4, num_examples=64))
   with pytest.raises(ValueError, match="Unknown --torch variant"):
     bench.Options(torch_variants=("fp16",))
 
@@ -156,9 +156,9 @@ def test_pytorch_runs_in_a_process_of_its_own_that_times_steps_and_exits_when_cl
 
 
 def test_summary_table_has_a_row_per_run_naming_its_seeds(tmp_path):
-  from benchmarks import summarize  # pylint: disable=g-import-not-at-top
+  from benchmarks import bench_table  # pylint: disable=g-import-not-at-top
   result, _ = run_tiny(tmp_path)
-  rows = [line.split("|") for line in summarize.markdown_table([result, dict(result, num_seeds=4)]).splitlines()]
+  rows = [line.split("|") for line in bench_table.markdown_table([result, dict(result, num_seeds=4)]).splitlines()]
   assert [cell.strip() for cell in rows[0][1:5]] == ["net", "dtype", "steps/dispatch", "seeds"]
   assert [row[4].strip() for row in rows[2:]] == ["1", "4 (auto)"]
   assert all(row[1].strip() == "resnet8" for row in rows[2:])

@@ -12,12 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-import checkpoints
-import train
 from configs import default
+from depthlab import checkpoints
+from depthlab import loop
+from depthlab import state as state_lib
 from tests.conftest import requires_cpu
 from tests.test_train import REPO
-from writers import read_metrics
+from depthlab.writers import read_metrics
 
 
 def final_params(workdir):
@@ -45,11 +46,11 @@ def resumable_config(tiny_config):
 
 @requires_cpu  # bitwise: an accelerator's reductions need not sum in the same order twice
 def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(mock_cifar10, resumable_config, tmp_path):
-  train.train_and_evaluate(resumable_config, str(tmp_path / "whole"))
+  loop.train_and_evaluate(resumable_config, str(tmp_path / "whole"))
   resumable_config.total_steps = 4  # stops half way, as a kill after the step-4 checkpoint would
-  train.train_and_evaluate(resumable_config, str(tmp_path / "halves"))
+  loop.train_and_evaluate(resumable_config, str(tmp_path / "halves"))
   resumable_config.total_steps = 8
-  train.train_and_evaluate(resumable_config, str(tmp_path / "halves"))
+  loop.train_and_evaluate(resumable_config, str(tmp_path / "halves"))
 
   assert comparable(read_metrics(tmp_path / "halves")) == comparable(read_metrics(tmp_path / "whole"))
   (step_a, whole), (step_b, halves) = final_params(tmp_path / "whole"), final_params(tmp_path / "halves")
@@ -60,41 +61,41 @@ def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(mock_cifar10
 
 def test_resume_drops_metrics_lines_written_after_the_checkpoint(mock_cifar10, resumable_config, tmp_path):
   resumable_config.total_steps = 4
-  train.train_and_evaluate(resumable_config, str(tmp_path))
+  loop.train_and_evaluate(resumable_config, str(tmp_path))
   with open(tmp_path / "metrics.jsonl", "a") as f:  # a line of a run killed after its checkpoint
     f.write('{"step": 6, "train_loss": 1.0}\n')
   resumable_config.total_steps = 8
-  train.train_and_evaluate(resumable_config, str(tmp_path))
+  loop.train_and_evaluate(resumable_config, str(tmp_path))
   steps = [line["step"] for line in read_metrics(tmp_path)]
   assert steps == [2, 4, 6, 8]
 
 
 def test_finished_run_is_not_trained_again_unless_restarted(mock_cifar10, tiny_config, tmp_path, capsys):
-  first = train.train_and_evaluate(tiny_config, str(tmp_path))
-  again = train.train_and_evaluate(tiny_config, str(tmp_path))
+  first = loop.train_and_evaluate(tiny_config, str(tmp_path))
+  again = loop.train_and_evaluate(tiny_config, str(tmp_path))
   assert "holds a finished run" in capsys.readouterr().out
   assert again["test_error"] == first["test_error"] and len(read_metrics(tmp_path)) == 2
   tiny_config.restart = True
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
   assert [line["step"] for line in read_metrics(tmp_path)] == [2, 4]
 
 
 def test_resuming_with_another_model_is_refused_naming_the_fields(mock_cifar10, tiny_config, tmp_path):
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
   tiny_config.model.depth, tiny_config.total_steps = 14, 6
   with pytest.raises(checkpoints.ConfigMismatchError, match=r"model\.depth: 8 -> 14"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(
     mock_cifar10, resumable_config, tmp_path, capsys):
   resumable_config.total_steps = 4
-  train.train_and_evaluate(resumable_config, str(tmp_path))
+  loop.train_and_evaluate(resumable_config, str(tmp_path))
   for path in glob.glob(str(tmp_path / "checkpoints" / "4" / "state" / "**" / "d" / "*"), recursive=True):
     with open(path, "wb") as f:
       f.write(b"not a checkpoint")
   resumable_config.total_steps = 6
-  train.train_and_evaluate(resumable_config, str(tmp_path))
+  loop.train_and_evaluate(resumable_config, str(tmp_path))
   out, err = capsys.readouterr()
   assert "Checkpoint of step 4" in err and "unreadable" in err
   assert "resuming at step 2" in out
@@ -103,10 +104,10 @@ def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(mock_cifar10, resumable_config, tmp_path):
   resumable_config.total_steps = 4
-  train.train_and_evaluate(resumable_config, str(tmp_path))
+  loop.train_and_evaluate(resumable_config, str(tmp_path))
   resumable_config.total_steps, resumable_config.learning_rate = 8, float("nan")
   with pytest.raises(FloatingPointError, match="step 6"):
-    train.train_and_evaluate(resumable_config, str(tmp_path))
+    loop.train_and_evaluate(resumable_config, str(tmp_path))
   step, params = final_params(tmp_path)
   assert step == 4 and all(np.isfinite(p).all() for p in params)
 
@@ -148,7 +149,8 @@ import sys
 import tensorflow_datasets as tfds
 from absl import flags
 import train
-train.define_flags()
+from depthlab import cli
+cli.define_flags()
 sys.argv = ["train.py", "--config=configs/resnet20.py", "--config.model.depth=8", "--config.batch_size=16",
             "--config.total_steps={steps}", "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000",
             "--config.wandb.mode=disabled", "--config.dataset.cache_dir=", "--config.num_devices=1",
@@ -188,12 +190,12 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
 def test_changed_checkpoint_bytes_are_reported_as_corrupt_and_the_previous_checkpoint_used(
     mock_cifar10, resumable_config, tmp_path, capsys):
   resumable_config.total_steps = 4
-  train.train_and_evaluate(resumable_config, str(tmp_path))
+  loop.train_and_evaluate(resumable_config, str(tmp_path))
   # Step 2's data under step 4's record: bytes that read back fine, as other numbers.
   shutil.rmtree(tmp_path / "checkpoints" / "4" / "state")
   shutil.copytree(tmp_path / "checkpoints" / "2" / "state", tmp_path / "checkpoints" / "4" / "state")
   resumable_config.total_steps = 6
-  train.train_and_evaluate(resumable_config, str(tmp_path))
+  loop.train_and_evaluate(resumable_config, str(tmp_path))
   out, err = capsys.readouterr()
   assert "Checkpoint of step 4" in err and "is corrupt" in err and "fingerprint" in err
   assert "resuming at step 2" in out
@@ -209,24 +211,24 @@ def test_non_finite_values_in_a_restored_state_are_corruption_not_divergence():
 
 
 def evaluator_that(monkeypatch, at_final):
-  """train.make_evaluator whose evaluation of the final step first calls `at_final()`."""
-  make = train.make_evaluator
+  """loop.make_evaluator whose evaluation of the final step first calls `at_final()`."""
+  make = loop.make_evaluator
 
-  def make_evaluator(replicas, splits, mean_image, config):
-    evaluate = make(replicas, splits, mean_image, config)
+  def make_evaluator(data_parallel, splits, mean_image, config):
+    evaluate = make(data_parallel, splits, mean_image, config)
     def evaluate_and_act(state):
-      if train.step_of(replicas.single_copy(state)) == config.total_steps:
+      if state_lib.step_count(data_parallel.single_copy(state)) == config.total_steps:
         at_final()
       return evaluate(state)
     return evaluate_and_act
-  monkeypatch.setattr(train, "make_evaluator", make_evaluator)
+  monkeypatch.setattr(loop, "make_evaluator", make_evaluator)
 
 
 def test_a_signal_during_the_final_evaluation_leaves_the_final_checkpoint_and_a_finished_run(
     mock_cifar10, resumable_config, tmp_path, monkeypatch, capsys):
   resumable_config.total_steps, resumable_config.checkpoint_every_steps = 4, 3
   evaluator_that(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
-  train.train_and_evaluate(resumable_config, str(tmp_path))
+  loop.train_and_evaluate(resumable_config, str(tmp_path))
   out = capsys.readouterr().out
   assert "checkpoint saved" not in out and "Done: " in out
   assert checkpoints.final_metrics(str(tmp_path))["step"] == 4
@@ -240,10 +242,10 @@ def test_a_run_killed_during_its_final_evaluation_resumes_to_evaluate_only(
     raise KeyboardInterrupt  # as a kill -9 would end it: no chance to clean up
   evaluator_that(monkeypatch, killed)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(resumable_config, str(tmp_path))
+    loop.train_and_evaluate(resumable_config, str(tmp_path))
   assert final_params(tmp_path)[0] == 4 and checkpoints.final_metrics(str(tmp_path)) is None
   monkeypatch.undo()
-  final = train.train_and_evaluate(resumable_config, str(tmp_path))
+  final = loop.train_and_evaluate(resumable_config, str(tmp_path))
   assert "resuming at step 4" in capsys.readouterr().out
   assert checkpoints.final_metrics(str(tmp_path))["test_error"] == final["test_error"]
   assert read_metrics(tmp_path)[-1] == {"step": 4, "test_loss": final["test_loss"], "test_error": final["test_error"]}
@@ -251,16 +253,18 @@ def test_a_run_killed_during_its_final_evaluation_resumes_to_evaluate_only(
 
 def test_wall_time_counts_every_segment_of_a_resumed_run(mock_cifar10, resumable_config, tmp_path):
   resumable_config.total_steps = 4
-  first = train.train_and_evaluate(resumable_config, str(tmp_path))["wall_time_sec"]
+  first = loop.train_and_evaluate(resumable_config, str(tmp_path))["wall_time_sec"]
   resumable_config.total_steps = 6
-  assert train.train_and_evaluate(resumable_config, str(tmp_path))["wall_time_sec"] > first
+  assert loop.train_and_evaluate(resumable_config, str(tmp_path))["wall_time_sec"] > first
 
 
 STORAGE_FAILS_IN_SUBPROCESS = """
 import os, sys
 import tensorflow_datasets as tfds
 from absl import app, flags
-import train, writers
+import train
+from depthlab import cli
+from depthlab import writers
 write = writers.MetricWriter.write
 def write_then_block_checkpoints(self, step, metrics):
   write(self, step, metrics)
@@ -268,13 +272,13 @@ def write_then_block_checkpoints(self, step, metrics):
     os.rename("{workdir}/checkpoints", "{workdir}/checkpoints_away")
     open("{workdir}/checkpoints", "w").close()
 writers.MetricWriter.write = write_then_block_checkpoints
-train.define_flags()
+cli.define_flags()
 sys.argv = ["train.py", "--config=configs/resnet20.py", "--config.model.depth=8", "--config.batch_size=16",
             "--config.total_steps=8", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
             "--config.wandb.mode=disabled", "--config.dataset.cache_dir=", "--config.num_devices=1",
             "--workdir={workdir}"]
 with tfds.testing.mock_data(num_examples=64):
-  app.run(train.main, flags_parser=train.parse_flags_or_exit)
+  app.run(train.main, flags_parser=cli.parse_flags_or_exit)
 """
 
 

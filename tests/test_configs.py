@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import input_pipeline
+from depthlab import input_pipeline
 import nets
-import train
+from depthlab import loop
+from depthlab import state as state_lib
+from depthlab import steps
 from configs import default
 
 DEPTHS = (20, 32, 44, 56, 110)
@@ -63,7 +65,7 @@ def net_config(name):
 
 
 def cifar_count(config) -> int:
-  model = train.create_model(config, num_classes=10)
+  model = state_lib.create_model(config, num_classes=10)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
   logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 32, 32, 3)), train=False), variables)
   assert logits.shape == (2, 10)
@@ -112,19 +114,19 @@ def tiny_run(config, tiny_config):
 
 
 def test_lenet5_without_batch_norm_trains_and_evaluates_on_mock_data(tiny_mock_cifar10, tiny_config, tmp_path):
-  final = train.train_and_evaluate(tiny_run(net_config("lenet5"), tiny_config), str(tmp_path))
+  final = loop.train_and_evaluate(tiny_run(net_config("lenet5"), tiny_config), str(tmp_path))
   assert final["test_examples"] == 16 and np.isfinite(final["train_loss"]) and final["num_params"] == 62_006
 
 
 def one_train_step(config):
-  """train.train_step once on 4 mock images, as one device of a pmap runs it (vmap names the axis)."""
+  """steps.train_step once on 4 mock images, as one device of a pmap runs it (vmap names the axis)."""
   dataset = input_pipeline.load_dataset(config.dataset)
-  model = train.create_model(config, dataset.num_classes)
-  state = train.create_train_state(config, model, jax.random.key(0), dataset.train.images.shape[1:])
+  model = state_lib.create_model(config, dataset.num_classes)
+  state = state_lib.create_train_state(config, model, jax.random.key(0), dataset.train.images.shape[1:])
   batch = {"image": input_pipeline.normalize(dataset.train.images[None, :4], dataset.mean_image),
            "label": dataset.train.labels[None, :4]}
-  step = jax.vmap(functools.partial(train.train_step, aux_loss_weight=config.aux_loss_weight),
-                  axis_name=train.AXIS, in_axes=(0, 0, None))
+  step = jax.vmap(functools.partial(steps.train_step, aux_loss_weight=config.aux_loss_weight),
+                  axis_name=steps.AXIS, in_axes=(0, 0, None))
   new_state, metrics = jax.jit(step)(jax.tree_util.tree_map(lambda x: x[None], state), batch, jax.random.key(1))
   return state, new_state, metrics
 

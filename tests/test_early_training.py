@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-import train
+from depthlab import cli
 from benchmarks import early_training
 from tests.conftest import real_cifar10_dir, requires_cifar10
 
@@ -50,7 +50,7 @@ def test_each_net_trains_once_and_a_rerun_reads_it_back(mock_cifar10, tiny_confi
 def test_the_default_resnet56_recipe_learns_where_the_papers_blows_up(real_cache_dir):
   """On the real data: the paper's 0.1 from step 1 sends ResNet-56's loss far above its start,
   the default warm-up keeps it below its start and off chance."""
-  config = train.parse_command_line(["--config=configs/resnet56.py"])[0]
+  config = cli.parse_command_line(["--config=configs/resnet56.py"])[0]
   config.dataset.data_dir, config.dataset.cache_dir, config.num_devices = real_cifar10_dir(), real_cache_dir, 1
   one_seed = lambda curves: early_training.run_summary(curves["loss"][:, 0], curves["error"][:, 0])
   default = one_seed(early_training.train_curves(config, steps=30))

@@ -8,23 +8,26 @@ import jax
 import numpy as np
 import pytest
 
-import eval as eval_lib
-import train
+from depthlab import evaluation
+from depthlab import figures
+from depthlab import history
+from depthlab import loop
+from depthlab import naming
 from configs import default
 from tests.conftest import requires_devices
-from writers import read_metrics
+from depthlab.writers import read_metrics
 
 
 @pytest.fixture
 def finished_run(mock_cifar10, tiny_config, tmp_path):
   tiny_config.num_devices, tiny_config.checkpoint_every_steps = min(2, jax.device_count()), 2
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
   return tmp_path
 
 
 @pytest.mark.parametrize("num_devices", [1, pytest.param(4, marks=requires_devices(4))])
 def test_eval_reproduces_the_logged_test_error_on_other_device_counts(finished_run, num_devices):
-  results = eval_lib.evaluate_checkpoint(str(finished_run), num_devices=num_devices)
+  results = evaluation.evaluate_checkpoint(str(finished_run), num_devices=num_devices)
   logged = read_metrics(finished_run)[-1]
   assert results["step"] == 4 and results["devices"] == num_devices and results["test_examples"] == 256
   assert results["test_error"] == logged["test_error"]
@@ -34,7 +37,7 @@ def test_eval_reproduces_the_logged_test_error_on_other_device_counts(finished_r
 
 
 def test_eval_of_an_earlier_step_and_the_train_split(finished_run):
-  results = eval_lib.evaluate_checkpoint(str(finished_run), step=2, include_train=True, num_devices=1)
+  results = evaluation.evaluate_checkpoint(str(finished_run), step=2, include_train=True, num_devices=1)
   assert results["step"] == 2 and results["train_examples"] == 256 and 0 <= results["train_error"] <= 1
 
 
@@ -44,19 +47,19 @@ def test_eval_of_a_run_saved_before_newer_config_fields_uses_their_defaults(fini
   for field in ("num_seeds", "seed_batching", "steps_per_dispatch", "conv_weight_grad"):
     del saved[field]
   (finished_run / "config.json").write_text(json.dumps(saved))
-  assert eval_lib.load_run_config(str(finished_run)).num_seeds == 1
-  results = eval_lib.evaluate_checkpoint(str(finished_run), num_devices=1)
+  assert evaluation.load_run_config(str(finished_run)).num_seeds == 1
+  results = evaluation.evaluate_checkpoint(str(finished_run), num_devices=1)
   assert results["test_error"] == read_metrics(finished_run)[-1]["test_error"]
 
 
 def test_eval_of_a_missing_step_lists_the_saved_ones(finished_run):
   with pytest.raises(FileNotFoundError, match=r"No checkpoint of step 3 .* \[2, 4\]"):
-    eval_lib.evaluate_checkpoint(str(finished_run), step=3)
+    evaluation.evaluate_checkpoint(str(finished_run), step=3)
 
 
 def test_eval_of_a_directory_that_is_no_run_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match="is .* the workdir of a run"):
-    eval_lib.evaluate_checkpoint(str(tmp_path))
+    evaluation.evaluate_checkpoint(str(tmp_path))
 
 
 # ------------------------------------------------------------------------------ compare
@@ -97,7 +100,7 @@ def table_rows(table):
 
 
 def test_compare_draws_fig6_as_png_and_pdf_and_writes_table6(sweep_dir, tmp_path):
-  result = eval_lib.compare([str(sweep_dir)], out=str(tmp_path / "fig" / "fig6"))
+  result = figures.compare([str(sweep_dir)], out=str(tmp_path / "fig" / "fig6"))
   for suffix in (".png", ".pdf", ".md", "_grad_norms.png"):
     assert os.path.getsize(tmp_path / "fig" / f"fig6{suffix}") > 1000 or suffix == ".md"
   assert result["runs"] == 5
@@ -105,7 +108,7 @@ def test_compare_draws_fig6_as_png_and_pdf_and_writes_table6(sweep_dir, tmp_path
 
 
 def test_figure_has_a_train_and_a_test_line_per_net_in_plain_and_residual_panels(sweep_dir):
-  fig = eval_lib.draw_error_curves(eval_lib.load_runs([str(sweep_dir)]))
+  fig = figures.draw_error_curves(history.load_runs([str(sweep_dir)]))
   plain, residual = fig.axes
   assert (plain.get_title(), residual.get_title()) == ("plain nets", "ResNets")
   assert len(plain.lines) == 4 and len(residual.lines) == 4  # 2 depths x (train dashed + test solid)
@@ -114,7 +117,7 @@ def test_figure_has_a_train_and_a_test_line_per_net_in_plain_and_residual_panels
 
 
 def test_table_numbers_are_those_of_metrics_jsonl(sweep_dir):
-  rows = table_rows(eval_lib.results_table(eval_lib.load_runs([str(sweep_dir)])))
+  rows = table_rows(figures.results_table(history.load_runs([str(sweep_dir)])))
   lines = read_metrics(sweep_dir / "plain56")
   tests = [line["test_error"] for line in lines if "test_error" in line]
   assert rows["plain56"][1:9] == ["56", "0.06M", "1", "300", f"{100 * lines[-1]['train_error']:.2f}",
@@ -125,13 +128,13 @@ def test_table_numbers_are_those_of_metrics_jsonl(sweep_dir):
 
 
 def test_compare_at_equal_steps_cuts_longer_runs(sweep_dir):
-  rows = table_rows(eval_lib.compare([str(sweep_dir)], step=200)["table"])
+  rows = table_rows(figures.compare([str(sweep_dir)], step=200)["table"])
   expected = [line for line in read_metrics(sweep_dir / "plain20") if line["step"] == 200][0]
   assert rows["plain20"][4] == "200" and rows["plain20"][6] == f"{100 * expected['test_error']:.2f}"
 
 
 def test_grad_norm_figure_runs_from_the_first_block_to_the_last(sweep_dir):
-  fig = eval_lib.draw_grad_norms(eval_lib.load_runs([str(sweep_dir)]))
+  fig = figures.draw_grad_norms(history.load_runs([str(sweep_dir)]))
   assert [list(line.get_xdata()) for line in fig.axes[0].lines] == [[1, 2, 3], [1, 2, 3]]
 
 
@@ -145,21 +148,21 @@ def test_a_several_seed_run_compares_as_its_seeds(sweep_dir):
   lines = [{"step": step, "train_error": 0.5, "seed5/train_error": 0.4, "seed6/train_error": 0.6,
             "seed5/test_error": 0.30, "seed6/test_error": 0.36, "test_error": 0.33} for step in (200, 300)]
   (workdir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-  runs = eval_lib.load_runs([str(sweep_dir)])
+  runs = history.load_runs([str(sweep_dir)])
   seeds = [run for run in runs if run.net == "resnet44"]
   assert [run.config.seed for run in seeds] == [5, 6] and [run.config.num_seeds for run in seeds] == [1, 1]
   assert seeds[1].curve("train_error")[1].tolist() == [0.6, 0.6]
-  row = table_rows(eval_lib.results_table(runs))["resnet44"]
+  row = table_rows(figures.results_table(runs))["resnet44"]
   assert row[3] == "2" and row[6] == f"33.00 ± {100 * np.std([0.30, 0.36], ddof=1):.2f}"
-  residual = eval_lib.draw_error_curves(runs).axes[1]
+  residual = figures.draw_error_curves(runs).axes[1]
   assert len(residual.collections) == 2  # a band for each net with two seeds: ResNet-20 and ResNet-44
 
 
 @requires_devices(2)
 def test_eval_of_a_several_seed_run_gives_each_seed_its_logged_error(mock_cifar10, tiny_config, tmp_path):
   tiny_config.num_seeds = 2
-  train.train_and_evaluate(tiny_config, str(tmp_path))
-  results = eval_lib.evaluate_checkpoint(str(tmp_path), num_devices=2)
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
+  results = evaluation.evaluate_checkpoint(str(tmp_path), num_devices=2)
   logged = read_metrics(tmp_path)[-1]
   for key in ("seed0/test_error", "seed1/test_error", "test_error", "test_error_std"):
     assert results[key] == pytest.approx(logged[key], abs=1e-6)
@@ -186,32 +189,32 @@ def test_compare_reads_a_wandb_sweep_through_the_public_api(monkeypatch, tmp_pat
       return type("Sweep", (), {"runs": [FakeRun(20, True), FakeRun(20, False)]})()
 
   monkeypatch.setattr(wandb, "Api", FakeApi)
-  runs = eval_lib.load_runs(["me/depthlab/abc123"])
+  runs = history.load_runs(["me/depthlab/abc123"])
   assert [run.net for run in runs] == ["resnet20", "plain20"]
   assert [line["step"] for line in runs[0].lines] == [100, 200] and "_runtime" not in runs[0].lines[1]
-  rows = table_rows(eval_lib.results_table(runs))
+  rows = table_rows(figures.results_table(runs))
   assert rows["resnet20"][2] == "0.27M" and rows["resnet20"][5] == "50.00" and rows["plain20"][6] == "60.00"
 
 
 def test_a_wandb_run_s_config_gets_the_defaults_a_saved_one_gets():
-  config = eval_lib.train_config_of({"config.model.name": "lenet5", "config.model.sparse_c3": True,
-                                     "config.seed": 3, "_wandb": {"runtime": 1}})
+  config = history.train_config_of({"config.model.name": "lenet5", "config.model.sparse_c3": True,
+                                    "config.seed": 3, "_wandb": {"runtime": 1}})
   assert dict(config.model) == {"name": "lenet5", "sparse_c3": True}  # not the default net's fields
-  assert config.seed == 3 and config.dataset.image_size == 0 and train.net_name(config) == "lenet5"
+  assert config.seed == 3 and config.dataset.image_size == 0 and naming.net_name(config) == "lenet5"
 
 
 def test_compare_of_a_path_that_is_neither_a_folder_nor_a_sweep_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match="neither a folder nor a wandb sweep"):
-    eval_lib.load_runs([str(tmp_path / "no" / "such" / "dir" / "x")])
+    history.load_runs([str(tmp_path / "no" / "such" / "dir" / "x")])
   with pytest.raises(FileNotFoundError, match="No runs"):
-    eval_lib.load_runs([str(tmp_path)])
+    history.load_runs([str(tmp_path)])
 
 
 def test_eval_reports_a_corrupt_checkpoint_uses_the_one_before_and_leaves_the_run_as_it_is(finished_run, capsys):
   state_dir = finished_run / "checkpoints" / "4" / "state"
   for path in [p for p in state_dir.rglob("*") if p.is_file() and p.parent.name == "d"]:
     path.write_bytes(b"not a checkpoint")
-  assert eval_lib.evaluate_checkpoint(str(finished_run))["step"] == 2
+  assert evaluation.evaluate_checkpoint(str(finished_run))["step"] == 2
   assert "Checkpoint of step 4" in capsys.readouterr().err
   assert state_dir.is_dir() and not (finished_run / "unreadable_checkpoints").exists()
 
@@ -219,5 +222,5 @@ def test_eval_reports_a_corrupt_checkpoint_uses_the_one_before_and_leaves_the_ru
 def test_compare_forgives_a_torn_last_metrics_line(sweep_dir, tmp_path, capsys):
   with open(sweep_dir / "plain20" / "metrics.jsonl", "a") as f:
     f.write('{"step": 400, "train_er')
-  assert eval_lib.compare([str(sweep_dir)], str(tmp_path / "fig"))["runs"] == 5
+  assert figures.compare([str(sweep_dir)], str(tmp_path / "fig"))["runs"] == 5
   assert "plain20/metrics.jsonl: line 4 is incomplete" in capsys.readouterr().err

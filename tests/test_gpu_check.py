@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks import gpu_check, summarize
+from benchmarks import bench_table, gpu_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,7 @@ def test_a_stage_is_stopped_at_its_limit_and_its_end_logged(tmp_path):
 
 
 def bench_result(net, ms_per_step, dtype="float32", dispatch=1, seeds=1, batching="auto", torch_ratio=None):
-  """What bench.py writes, as far as the summary reads it."""
+  """What benchmarks/bench.py writes, as far as the summary reads it."""
   torch = {} if torch_ratio is None else {"fp32": {"images_per_sec": 1.0, "ours_over_torch_median": torch_ratio}}
   return {"net": net, "num_params": 1, "batch_size": 128, "dtype": dtype, "steps_per_dispatch": dispatch,
           "num_seeds": seeds, "seed_batching": batching, "total_steps": 64_000,
@@ -58,7 +58,7 @@ def bench_result(net, ms_per_step, dtype="float32", dispatch=1, seeds=1, batchin
 
 
 def test_the_summary_gives_the_projection_the_ratio_to_pytorch_and_several_seeds_against_one():
-  lines = summarize.key_ratios([
+  lines = bench_table.key_ratios([
       bench_result("resnet56", 6.0, torch_ratio=1.25), bench_result("resnet56", 4.0, dispatch=10),
       bench_result("resnet56", 10.0, dispatch=10, seeds=4, batching="vmap"), bench_result("resnet20", 2.0)])
   assert lines[0].startswith("resnet56, 64,000 steps projected: 4m16s at the fastest (float32, 10 steps/dispatch")

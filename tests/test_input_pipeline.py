@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import input_pipeline
+from depthlab import input_pipeline
 from configs import default
 from tests.conftest import real_cifar10_dir, requires_cifar10
 

@@ -1,4 +1,4 @@
-"""parallel.py: several processes train as one, fail clearly, and stop together.
+"""depthlab/parallel.py: several processes train as one, fail clearly, and stop together.
 
 The multi-process tests start real processes on localhost (tests/multiprocess_child.py),
 joined by jax.distributed with CPU collectives, each with its own fake CPU devices.
@@ -17,9 +17,10 @@ import pytest
 
 import tensorflow_datasets as tfds
 
-import checkpoints
-import parallel
-import train
+from depthlab import checkpoints
+from depthlab import parallel
+from depthlab import loop
+from depthlab import run_setup
 from tests.conftest import make_tiny_config
 from tests.test_train import REPO, read_metrics
 
@@ -118,12 +119,12 @@ def runs(tmp_path_factory):
   config = shared_config()
   with tfds.testing.mock_data(num_examples=256):  # what mock_cifar10 gives
     config.num_devices = 4
-    train.train_and_evaluate(config, str(root / "one"))
+    loop.train_and_evaluate(config, str(root / "one"))
     config.num_devices = 0
     outputs = launch(config, root / "two", num_processes=2, devices_per_process=2, sigterm=(1, STOP_STEP))
     stopped = losses(root / "two")
     config.num_devices = 4
-    train.train_and_evaluate(config, str(root / "two"))
+    loop.train_and_evaluate(config, str(root / "two"))
   return {"one": root / "one", "two": root / "two", "outputs": outputs, "stopped": stopped}
 
 
@@ -195,4 +196,4 @@ def test_a_global_batch_that_does_not_divide_over_all_processes_devices_is_an_er
   tiny_config.batch_size = 18
   with pytest.raises(ValueError, match=r"batch_size 18 does not divide over 4 devices \(2 processes\); "
                                        r"use a multiple of 4"):
-    train.check_batch_size(tiny_config, num_devices=4, num_processes=2)
+    run_setup.check_batch_size(tiny_config, num_devices=4, num_processes=2)

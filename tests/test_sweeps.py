@@ -12,11 +12,12 @@ import pytest
 import yaml
 from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
 
-import train
+from depthlab import cli
+from depthlab import naming
 from configs import default
 from sweeps import run as runner
 from tests.test_train import REPO
-from writers import read_metrics
+from depthlab.writers import read_metrics
 
 SWEEP_FILES = sorted(glob.glob(os.path.join(REPO, "sweeps", "*.yaml")))
 
@@ -43,10 +44,10 @@ def test_each_run_gets_the_agents_argv_and_train_py_trains_the_intended_config(p
     command = runner.command_line(sweep, params)
     args = runner.train_args(sweep, command)
     assert args[0].startswith("--config=configs/"), "--config must come before the overrides"
-    config, workdir = train.parse_command_line(args)
+    config, workdir = cli.parse_command_line(args)
     for key, value in params.items():
       assert config_value(config, key) == (tuple(value) if isinstance(value, list) else value), key
-    assert workdir == os.path.join("runs", sweep["name"], train.run_name(config))
+    assert workdir == os.path.join("runs", sweep["name"], naming.run_name(config))
 
 
 def test_plain_vs_residual_is_the_papers_grid():
@@ -121,7 +122,8 @@ def write_tiny_sweep(tmp_path):
       import tensorflow_datasets as tfds
       from absl import app
       import train
-      train.define_flags()
+      from depthlab import cli
+      cli.define_flags()
       with tfds.testing.mock_data(num_examples=64):
         app.run(train.main)
       """))

@@ -15,10 +15,15 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-import input_pipeline
-import parallel
-import train
-from writers import read_metrics
+from depthlab import input_pipeline
+from depthlab import cli
+from depthlab import collapse
+from depthlab import loop
+from depthlab import naming
+from depthlab import parallel
+from depthlab import state as state_lib
+from depthlab import steps
+from depthlab.writers import read_metrics
 from configs import default
 from tests.conftest import real_cifar10_dir, requires_cifar10, requires_devices
 
@@ -27,14 +32,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def parse_flags(*argv):
   """The config that `python train.py <argv>` trains with."""
-  return train.parse_command_line(list(argv))[0]
+  return cli.parse_command_line(list(argv))[0]
 
 
 # ----------------------------------------------------------------------------------- recipe
 
 
 def test_learning_rate_is_divided_by_10_at_32k_and_48k():
-  schedule = train.learning_rate_schedule(default.get_config())
+  schedule = state_lib.learning_rate_schedule(default.get_config())
   expected = {400: 0.1, 31_999: 0.1, 32_000: 0.01, 47_999: 0.01, 48_000: 0.001, 64_000: 0.001}
   for step, lr in expected.items():
     assert float(schedule(step)) == pytest.approx(lr), step
@@ -42,14 +47,14 @@ def test_learning_rate_is_divided_by_10_at_32k_and_48k():
 
 @pytest.mark.parametrize("config_file", ["resnet20", "plain56", "resnet56", "resnet110", "plain110"])
 def test_every_depth_plain_or_residual_warms_up_at_0_01_for_400_steps(config_file):
-  schedule = train.learning_rate_schedule(parse_flags(f"--config=configs/{config_file}.py"))
+  schedule = state_lib.learning_rate_schedule(parse_flags(f"--config=configs/{config_file}.py"))
   expected = {0: 0.01, 399: 0.01, 400: 0.1, 31_999: 0.1, 32_000: 0.01, 48_000: 0.001, 64_000: 0.001}
   for step, lr in expected.items():
     assert float(schedule(step)) == pytest.approx(lr), step
 
 
 def test_the_papers_exact_recipe_is_one_override_away():
-  schedule = train.learning_rate_schedule(parse_flags("--config=configs/resnet56.py", "--config.warmup_steps=0"))
+  schedule = state_lib.learning_rate_schedule(parse_flags("--config=configs/resnet56.py", "--config.warmup_steps=0"))
   expected = {0: 0.1, 31_999: 0.1, 32_000: 0.01, 48_000: 0.001}
   for step, lr in expected.items():
     assert float(schedule(step)) == pytest.approx(lr), step
@@ -64,11 +69,11 @@ def test_command_line_overrides_any_field():
 
 def test_run_names_say_what_is_trained():
   config = parse_flags("--config=configs/resnet32.py", "--config.model.shortcut=B", "--config.seed=3")
-  assert train.run_name(config) == "resnet32-B-seed3"
-  assert train.run_name(parse_flags("--config=configs/plain20.py")) == "plain20"
-  assert train.run_name(parse_flags("--config=configs/vgg16.py")) == "vgg16"
-  assert train.run_name(parse_flags("--config=configs/preact_resnet164.py")) == "preact_resnet164"
-  assert train.run_name(parse_flags("--config=configs/resnet56.py", "--config.num_seeds=4")) == "resnet56-seeds0-3"
+  assert naming.run_name(config) == "resnet32-B-seed3"
+  assert naming.run_name(parse_flags("--config=configs/plain20.py")) == "plain20"
+  assert naming.run_name(parse_flags("--config=configs/vgg16.py")) == "vgg16"
+  assert naming.run_name(parse_flags("--config=configs/preact_resnet164.py")) == "preact_resnet164"
+  assert naming.run_name(parse_flags("--config=configs/resnet56.py", "--config.num_seeds=4")) == "resnet56-seeds0-3"
 
 
 class WithAuxHead(nn.Module):
@@ -85,8 +90,8 @@ def test_auxiliary_losses_join_the_objective_with_their_weight_but_not_the_metri
   model, x = WithAuxHead(), jax.random.normal(jax.random.key(0), (4, 8))
   labels = jnp.array([0, 1, 2, 3])
   params = model.init(jax.random.key(1), x)["params"]  # no batch norm: no batch_stats
-  state = train.TrainState.create(apply_fn=model.apply, params=params, batch_stats={}, tx=optax.sgd(1.0))
-  step = jax.vmap(functools.partial(train.train_step, aux_loss_weight=weight), axis_name=train.AXIS)
+  state = state_lib.TrainState.create(apply_fn=model.apply, params=params, batch_stats={}, tx=optax.sgd(1.0))
+  step = jax.vmap(functools.partial(steps.train_step, aux_loss_weight=weight), axis_name=steps.AXIS)
   add_axis = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], tree)
   new_state, metrics = step(add_axis(state), add_axis({"image": x, "label": labels}), add_axis(jax.random.key(2)))
 
@@ -101,10 +106,10 @@ def test_auxiliary_losses_join_the_objective_with_their_weight_but_not_the_metri
 
 
 def test_workdir_follows_from_the_experiment_and_run_name_unless_given():
-  assert train.parse_command_line(["--config=configs/plain20.py"])[1] == "runs/plain20"
-  assert train.parse_command_line(["--config=configs/resnet56.py", "--config.experiment=fig6",
+  assert cli.parse_command_line(["--config=configs/plain20.py"])[1] == "runs/plain20"
+  assert cli.parse_command_line(["--config=configs/resnet56.py", "--config.experiment=fig6",
                                    "--config.seed=2"])[1] == "runs/fig6/resnet56-seed2"
-  assert train.parse_command_line(["--config=configs/resnet56.py", "--workdir=/tmp/x"])[1] == "/tmp/x"
+  assert cli.parse_command_line(["--config=configs/resnet56.py", "--workdir=/tmp/x"])[1] == "/tmp/x"
 
 
 # ------------------------------------------------------------------------------ what a run does
@@ -112,7 +117,7 @@ def test_workdir_follows_from_the_experiment_and_run_name_unless_given():
 
 def test_grad_norms_are_logged_per_block_from_stem_to_classifier(mock_cifar10, tiny_config, tmp_path):
   tiny_config.log_grad_norms = True
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
   line = read_metrics(tmp_path)[0]
   norms = {k: v for k, v in line.items() if k.startswith("grad_norm/")}
   blocks = ["block1", "block2", "block3"]  # ResNet-8: one block per stage
@@ -121,7 +126,7 @@ def test_grad_norms_are_logged_per_block_from_stem_to_classifier(mock_cifar10, t
 
 
 def test_a_run_writes_config_and_metrics(mock_cifar10, tiny_config, tmp_path):
-  final = train.train_and_evaluate(tiny_config, str(tmp_path))
+  final = loop.train_and_evaluate(tiny_config, str(tmp_path))
   with open(tmp_path / "config.json") as f:
     written = json.load(f)
   assert written["model"]["depth"] == 8 and written["num_params"] == final["num_params"] > 0
@@ -136,7 +141,7 @@ def test_same_seed_same_run_other_seed_other_run(mock_cifar10, tiny_config, tmp_
   runs = []
   for seed in (0, 0, 1):
     tiny_config.seed = seed
-    runs.append(train.train_and_evaluate(tiny_config, str(tmp_path / f"{len(runs)}"))["train_loss"])
+    runs.append(loop.train_and_evaluate(tiny_config, str(tmp_path / f"{len(runs)}"))["train_loss"])
   assert runs[0] == runs[1] != runs[2]
 
 
@@ -145,7 +150,7 @@ def losses_by(config, tmp_path, field, values):
   losses = {}
   for value in values:
     config[field] = value
-    train.train_and_evaluate(config, str(tmp_path / str(value)))
+    loop.train_and_evaluate(config, str(tmp_path / str(value)))
     losses[value] = [(m["train_loss"], m.get("test_loss", 0)) for m in read_metrics(tmp_path / str(value))]
   return losses
 
@@ -174,15 +179,15 @@ def test_a_dispatch_runs_several_steps_except_where_a_log_eval_or_checkpoint_ste
   config = default.get_config()
   config.total_steps, config.log_every_steps, config.eval_every_steps = 100, 10, 50
   config.checkpoint_every_steps, config.steps_per_dispatch = 50, 5
-  assert train.dispatch_size(0, config) == 5  # steps 1-5
-  assert train.dispatch_size(5, config) == 5  # 6-10: the log step ends the dispatch
-  assert train.dispatch_size(7, config) == 1  # after a resume at step 7: one by one up to 10
-  assert train.dispatch_size(98, config) == 1  # 99, 100: the end
+  assert steps.dispatch_size(0, config) == 5  # steps 1-5
+  assert steps.dispatch_size(5, config) == 5  # 6-10: the log step ends the dispatch
+  assert steps.dispatch_size(7, config) == 1  # after a resume at step 7: one by one up to 10
+  assert steps.dispatch_size(98, config) == 1  # 99, 100: the end
   config.steps_per_dispatch = 1
-  assert train.dispatch_size(0, config) == 1
+  assert steps.dispatch_size(0, config) == 1
   config.steps_per_dispatch = 0
   with pytest.raises(ValueError, match="steps_per_dispatch must be at least 1"):
-    train.dispatch_size(0, config)
+    steps.dispatch_size(0, config)
 
 
 def test_several_steps_per_dispatch_train_as_the_same_steps_one_by_one(mock_cifar10, tiny_config, tmp_path):
@@ -190,7 +195,7 @@ def test_several_steps_per_dispatch_train_as_the_same_steps_one_by_one(mock_cifa
   runs = {}
   for n in (1, 2, 4):
     tiny_config.steps_per_dispatch = n
-    final = train.train_and_evaluate(tiny_config, str(tmp_path / str(n)))
+    final = loop.train_and_evaluate(tiny_config, str(tmp_path / str(n)))
     runs[n] = [final["test_loss"]] + [(m["step"], m["train_loss"]) for m in read_metrics(tmp_path / str(n))]
   for n in (2, 4):
     assert [step for step, _ in runs[n][1:]] == [4, 8]
@@ -202,17 +207,17 @@ def test_several_steps_per_dispatch_train_as_the_same_steps_one_by_one(mock_cifa
 def test_dispatches_read_each_seed_s_batches_from_orders_computed_once_per_epoch(tiny_config, num_seeds):
   # 40 examples in batches of 16: 2 steps an epoch; dispatches of 5 steps reach 3 epochs.
   tiny_config.num_seeds, tiny_config.steps_per_dispatch = num_seeds, 5
-  replicas = parallel.Replicas("pmap", num_devices=1)
-  _, data_key = train.run_keys(tiny_config)
-  orders = train.EpochOrders(tiny_config, replicas, data_key, num_examples=40)
+  data_parallel = parallel.DataParallel("pmap", num_devices=1)
+  _, data_key = state_lib.run_keys(tiny_config)
+  orders = steps.EpochOrders(tiny_config, data_parallel, data_key, num_examples=40)
   computed = []
   orders._orders = functools.partial(lambda compute, *args: computed.append(args[1]) or compute(*args), orders._orders)
   seed_keys = [data_key] if num_seeds == 1 else list(data_key)
   read = jax.jit(input_pipeline.batch_indices, static_argnums=2)
   for first_step in range(0, 20, 5):
-    held = replicas.to_host(orders.for_dispatch_after(first_step))
+    held = data_parallel.to_host(orders.for_dispatch_after(first_step))
     for seed, key in enumerate(seed_keys):
-      order_key = train.data_keys(jax.random.key_data(key))[0]
+      order_key = steps.data_keys(jax.random.key_data(key))[0]
       for step in range(first_step, first_step + 5):
         np.testing.assert_array_equal(read(held if num_seeds == 1 else held[seed], step, 16),
                                       input_pipeline.global_batch_indices(order_key, step, 40, 16))
@@ -225,7 +230,7 @@ def test_dispatches_read_each_seed_s_batches_from_orders_computed_once_per_epoch
 def test_the_conv_weight_gradient_by_patches_trains_as_lax_s(mock_cifar10, tiny_config, tmp_path):
   for mode in ("lax", "patches"):  # the model is created with the config's mode
     tiny_config.conv_weight_grad = mode
-    assert train.create_model(tiny_config, num_classes=10).conv_weight_grad == mode
+    assert state_lib.create_model(tiny_config, num_classes=10).conv_weight_grad == mode
   losses = losses_by(tiny_config, tmp_path, "conv_weight_grad", ("lax", "patches"))
   np.testing.assert_allclose(losses["patches"], losses["lax"], rtol=1e-4)
 
@@ -233,7 +238,7 @@ def test_the_conv_weight_gradient_by_patches_trains_as_lax_s(mock_cifar10, tiny_
 @pytest.mark.parametrize("seed_batching", ["vmap", "loop"])
 def test_k_seeds_in_one_run_train_as_k_one_seed_runs(mock_cifar10, tiny_config, tmp_path, seed_batching):
   tiny_config.num_seeds, tiny_config.seed, tiny_config.seed_batching = 2, 3, seed_batching
-  final = train.train_and_evaluate(tiny_config, str(tmp_path / "both"))
+  final = loop.train_and_evaluate(tiny_config, str(tmp_path / "both"))
   line = read_metrics(tmp_path / "both")[-1]
   for key in ("train_loss", "train_error", "test_loss", "test_error"):
     per_seed = [line[f"seed{s}/{key}"] for s in (3, 4)]
@@ -243,7 +248,7 @@ def test_k_seeds_in_one_run_train_as_k_one_seed_runs(mock_cifar10, tiny_config, 
   tiny_config.num_seeds, tiny_config.seed_batching = 1, "auto"
   for seed in (3, 4):
     tiny_config.seed = seed
-    alone = train.train_and_evaluate(tiny_config, str(tmp_path / str(seed)))
+    alone = loop.train_and_evaluate(tiny_config, str(tmp_path / str(seed)))
     np.testing.assert_allclose(line[f"seed{seed}/train_loss"], alone["train_loss"], rtol=1e-4)
     np.testing.assert_allclose(line[f"seed{seed}/test_error"], alone["test_error"], atol=1 / 256 + 1e-6)
     assert final["num_params"] == alone["num_params"]  # of one net, not of both
@@ -253,16 +258,16 @@ def test_an_unknown_seed_batching_is_an_error_naming_the_choices():
   config = default.get_config()
   config.num_seeds, config.seed_batching = 2, "pmap"
   with pytest.raises(ValueError, match="seed_batching must be auto, vmap or loop"):
-    train.over_seeds(lambda x: x, config, (0,))
+    steps.over_seeds(lambda x: x, config, (0,))
 
 
 def test_several_seeds_resume_from_their_checkpoint(mock_cifar10, tiny_config, tmp_path):
   tiny_config.num_seeds, tiny_config.checkpoint_every_steps = 2, 2
-  whole = train.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
+  whole = loop.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
   tiny_config.total_steps = 2
-  train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+  loop.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
   tiny_config.total_steps = 4
-  resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+  resumed = loop.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
   for key in ("seed0/train_loss", "seed1/train_loss", "seed1/test_error"):
     np.testing.assert_allclose(resumed[key], whole[key], rtol=1e-4)
 
@@ -273,7 +278,7 @@ def test_several_seeds_on_several_devices_match_one_device(mock_cifar10, tiny_co
   finals = {}
   for n in (1, 4):
     tiny_config.num_devices = n
-    finals[n] = train.train_and_evaluate(tiny_config, str(tmp_path / str(n)))
+    finals[n] = loop.train_and_evaluate(tiny_config, str(tmp_path / str(n)))
   for key in ("seed0/train_loss", "seed1/train_loss", "test_loss"):
     np.testing.assert_allclose(finals[4][key], finals[1][key], rtol=2e-4)
 
@@ -286,7 +291,7 @@ def test_an_imagenet_resnet_trains_and_evaluates_on_imagenette_sized_input(tiny_
   tiny_config.batch_size, tiny_config.eval_batch_size, tiny_config.total_steps = 4, 8, 2
   tiny_config.log_every_steps = tiny_config.eval_every_steps = 2
   with tfds.testing.mock_data(num_examples=16):
-    final = train.train_and_evaluate(tiny_config, str(tmp_path))
+    final = loop.train_and_evaluate(tiny_config, str(tmp_path))
   assert final["test_examples"] == 16 and np.isfinite(final["train_loss"]) and final["num_params"] == 11_181_642
 
 
@@ -294,13 +299,13 @@ def test_an_imagenet_resnet_trains_and_evaluates_on_imagenette_sized_input(tiny_
 def test_batch_that_does_not_divide_over_devices_is_an_error(tiny_config, tmp_path):
   tiny_config.num_devices = 3
   with pytest.raises(ValueError, match="batch_size 16 does not divide over 3 devices"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(mock_cifar10, tiny_config, tmp_path):
   tiny_config.learning_rate, tiny_config.log_every_steps = float("nan"), 1
   with pytest.raises(FloatingPointError, match="non-finite loss by step 2"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 # ------------------------------------------------------------------------- the dead-run alarm
@@ -314,14 +319,14 @@ def test_non_finite_loss_stops_the_run_naming_the_step(mock_cifar10, tiny_config
     (7.44, 0.90, False),  # blowing up, not (yet) dead
 ])
 def test_a_net_is_at_chance_when_loss_and_error_are_those_of_uniform_predictions(loss, error, dead):
-  assert train.at_chance(loss, error, num_classes=10) == dead
+  assert collapse.at_chance(loss, error, num_classes=10) == dead
 
 
 def collapse_watch(**fields):
   config = default.get_config()
   config.warmup_steps, config.log_every_steps, config.collapse_steps = 400, 100, 300
   config.update(fields)
-  return train.CollapseWatch(config, num_classes=10)
+  return collapse.CollapseWatch(config, num_classes=10)
 
 
 DEAD, ALIVE = {"train_loss": 2.3026, "train_error": 0.9}, {"train_loss": 1.9, "train_error": 0.7}
@@ -357,12 +362,12 @@ def collapsing_config(config):
 def test_a_run_at_chance_raises_the_alarm_and_stops_keeping_its_checkpoint(mock_cifar10, tiny_config, tmp_path,
                                                                              capfd):
   config = collapsing_config(tiny_config)
-  with pytest.raises(train.TrainingCollapsed, match=r"Stopped at step (\d+) .*stop_on_collapse=False"):
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(collapse.TrainingCollapsed, match=r"Stopped at step (\d+) .*stop_on_collapse=False"):
+    loop.train_and_evaluate(config, str(tmp_path))
   lines = read_metrics(tmp_path)
   stopped = lines[-1]["step"]
   assert stopped < config.total_steps
-  assert all(train.at_chance(l["train_loss"], l["train_error"], 10) for l in lines[-2:])
+  assert all(collapse.at_chance(l["train_loss"], l["train_error"], 10) for l in lines[-2:])
   assert "resnet8 is at chance" in capfd.readouterr().err
   assert os.path.isdir(tmp_path / "checkpoints" / str(stopped))
 
@@ -370,7 +375,7 @@ def test_a_run_at_chance_raises_the_alarm_and_stops_keeping_its_checkpoint(mock_
 def test_a_run_at_chance_trains_on_when_told_not_to_stop(mock_cifar10, tiny_config, tmp_path, capfd):
   config = collapsing_config(tiny_config)
   config.stop_on_collapse = False
-  final = train.train_and_evaluate(config, str(tmp_path))
+  final = loop.train_and_evaluate(config, str(tmp_path))
   assert read_metrics(tmp_path)[-1]["step"] == config.total_steps and np.isfinite(final["train_loss"])
   assert "resnet8 is at chance" in capfd.readouterr().err
 
@@ -381,7 +386,8 @@ import sys
 import tensorflow_datasets as tfds
 from absl import flags
 import train
-train.define_flags()
+from depthlab import cli
+cli.define_flags()
 sys.argv = ["train.py", "--config=configs/resnet20.py", "--config.model.depth=8", "--config.batch_size=16",
             "--config.total_steps=2", "--config.log_every_steps=1", "--config.wandb.mode=disabled",
             "--config.dataset.cache_dir=", "--config.num_devices=1", "--workdir={tmp_path}"]
@@ -402,6 +408,6 @@ def test_resnet20_learns_real_cifar10(tmp_path, real_cache_dir):
   config.dataset.data_dir, config.dataset.cache_dir = real_cifar10_dir(), real_cache_dir
   config.batch_size, config.total_steps, config.num_devices = 64, 300, 1
   config.log_every_steps, config.eval_every_steps, config.wandb.mode = 100, 300, "disabled"
-  final = train.train_and_evaluate(config, str(tmp_path))
+  final = loop.train_and_evaluate(config, str(tmp_path))
   assert final["train_error"] < 0.75
   assert final["test_examples"] == 10_000 and final["test_error"] < 0.85

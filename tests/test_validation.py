@@ -1,4 +1,4 @@
-"""validation.py: every config mistake is found before anything heavy starts and told as one
+"""depthlab/validation.py: every config mistake is found before anything heavy starts and told as one
 message naming the field and the fix; train.py shows it without a traceback."""
 
 import subprocess
@@ -7,7 +7,8 @@ import sys
 import ml_collections
 import pytest
 
-import validation
+from depthlab import cli
+from depthlab import validation
 from configs import default
 from tests.test_train import REPO
 
@@ -88,12 +89,13 @@ def test_a_workdir_that_is_a_file_is_a_problem(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/resnet20.py", "--config.learning_rate=-1"], "learning_rate = -1.0: must be a positive number"),
     (["--config=configs/resnet20.py", "--config.modle.depth=20"], 'no config field \'modle\'. Did you mean "model"'),
+    (["--config=configs/resnet20.py", "--config.data_dir=/data"], "--config.data_dir: no config field 'data_dir'."),
     (["--config=configs/nope.py"], "--config=configs/nope.py: no such config file"),
     (["--config=configs/resnet20.py", "--config.total_steps=0"], "total_steps = 0: must be at least 1"),
 ])
 def test_train_py_prints_one_message_and_no_traceback_for_a_bad_config(args, message, tmp_path):
   result = subprocess.run([sys.executable, "train.py", *args, f"--workdir={tmp_path / 'run'}"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
-  assert result.returncode == validation.EXIT_CONFIG, result.stderr[-2000:]
+  assert result.returncode == cli.EXIT_CONFIG, result.stderr[-2000:]
   assert message in result.stderr and "Traceback" not in result.stderr + result.stdout
   assert not (tmp_path / "run").exists()  # a refused config leaves nothing behind

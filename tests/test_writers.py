@@ -1,4 +1,4 @@
-"""writers.py: wandb never reaches its login prompt; configs flatten to sweep names; metrics.jsonl
+"""depthlab/writers.py: wandb never reaches its login prompt; configs flatten to sweep names; metrics.jsonl
 survives a torn write; storage failures are one clear error."""
 
 import os
@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-import writers
+from depthlab import writers
 from configs import default
 
 
@@ -50,11 +50,11 @@ def test_flat_config_uses_the_sweep_parameter_names():
 
 
 def test_offline_run_writes_wandb_files(mock_cifar10, tiny_config, tmp_path, monkeypatch):
-  import train  # pylint: disable=g-import-not-at-top
+  from depthlab import loop  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv("WANDB_MODE", "offline")
   monkeypatch.setenv("WANDB_SILENT", "true")
   tiny_config.wandb.mode = "auto"
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
   runs = list((tmp_path / "wandb").glob("offline-run-*"))
   assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 

@@ -1,14 +1,14 @@
 """Times the real train step of any config, and a PyTorch twin of it if asked.
 
-    python bench.py --config=configs/resnet56.py
-    python bench.py --config=configs/resnet20.py --config.dtype=bfloat16 --config.steps_per_dispatch=10
-    python bench.py --config=configs/resnet20.py --config.num_seeds=4
-    python bench.py --config=configs/resnet20.py --torch=all --out=bench.json
+    python -m benchmarks.bench --config=configs/resnet56.py
+    python -m benchmarks.bench --config=configs/resnet20.py --config.dtype=bfloat16 --config.steps_per_dispatch=10
+    python -m benchmarks.bench --config=configs/resnet20.py --config.num_seeds=4
+    python -m benchmarks.bench --config=configs/resnet20.py --torch=all --out=bench.json
 
-What is timed is train.py's own dispatch: `train.steps_on_device` (the on-device batch
-gathering, crop, flip and normalisation included; config.steps_per_dispatch steps of
-config.num_seeds seeds) run on the devices by `parallel.Replicas.parallelize`, as
-`train.train_from` runs it, on a random uint8 training
+What is timed is train.py's own dispatch (`JaxStep`): `steps.steps_on_device` (the on-device
+batch gathering, crop, flip and normalisation included; config.steps_per_dispatch steps of
+config.num_seeds seeds) run on the devices by `parallel.DataParallel.parallelize`, set up by
+`run_setup.set_up` and run as `loop.train_loop` runs it, on a random uint8 training
 set of CIFAR-10's shape (`--real_data`: the real one). After the first dispatch (which
 compiles) and one untimed dispatch more, `--windows` windows of `--steps_per_window` steps
 are timed and the medians reported. With `--torch`, each of our windows is followed by one
@@ -44,14 +44,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-import input_pipeline
-import nets
+from depthlab import input_pipeline
+from depthlab import naming
+from depthlab import run_setup
+from depthlab import writers
 from nets import cpu_conv
-import parallel
-import train
-import writers
 
 IMPORT_SECONDS = time.perf_counter() - IMPORT_START
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR_IMAGE_SHAPE = (32, 32, 3)
 CIFAR_TRAIN_EXAMPLES = 50_000
 OURS = "depthlab"
@@ -81,7 +81,7 @@ class Options:
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None = None) -> None:
-  """bench.py's command line; `argv` (the whole command line) replaces sys.argv for config overrides."""
+  """The benchmark's command line; `argv` (the whole command line) replaces sys.argv for config overrides."""
   config_flags.DEFINE_config_file("config", None, "A config file from configs/, e.g. configs/resnet56.py.",
                                   flag_values=flag_values, lock_config=True, sys_argv=argv)
   flags.DEFINE_integer("windows", Options.windows, "Timed windows; figures are their medians.",
@@ -108,8 +108,8 @@ def options_from_flags(values: flags.FlagValues) -> Options:
 
 
 def parse_command_line(args: list[str]) -> tuple[ml_collections.ConfigDict, Options, str | None]:
-  """The config, options and JSON path of `python bench.py <args>`."""
-  values, argv = flags.FlagValues(), ["bench.py", *args]
+  """The config, options and JSON path of `python -m benchmarks.bench <args>`."""
+  values, argv = flags.FlagValues(), ["benchmarks/bench.py", *args]
   define_flags(values, argv)
   values(argv)
   return values.config, options_from_flags(values), values.out
@@ -138,33 +138,24 @@ class Timed(Protocol):
     ...
 
 
-class OurStep:
-  """train.py's step on the devices with its state and on-device data, ready to time."""
+class JaxStep:
+  """depthlab's train step (JAX) on the devices, with its state and on-device data as
+  run_setup.set_up makes them for train.py, ready to time."""
 
   def __init__(self, config: ml_collections.ConfigDict, options: Options):
     start = time.perf_counter()
-    self.replicas = parallel.Replicas(config.parallelism, config.num_devices)
-    train.check_batch_size(config, self.replicas.count)
+    self.data_parallel = run_setup.training_devices(config)
     self.steps_per_dispatch = config.steps_per_dispatch
     if options.steps_per_window % self.steps_per_dispatch:
       raise ValueError(
           f"--steps_per_window={options.steps_per_window} is not a multiple of --config.steps_per_dispatch="
           f"{self.steps_per_dispatch}; a window is a whole number of dispatches.")
-    dataset = (input_pipeline.load_dataset(config.dataset) if options.real_data
-               else random_dataset(options.num_examples, config.seed))
-    self.num_classes = dataset.num_classes
-    model = train.create_model(config, dataset.num_classes)
-    init_key, data_key = train.run_keys(config)
-    image_shape = input_pipeline.input_shape(config.dataset, dataset.train.images.shape[1:])
-    state = train.create_train_state(config, model, init_key, image_shape)
-    self.num_params = nets.count_params(state.params) // config.num_seeds
-    self.train_fn = self.replicas.parallelize(
-        train.steps_on_device(config, self.replicas.count, self.steps_per_dispatch), donate_argnums=(0,))
-    self.state = self.replicas.replicate(state)
-    self.data = self.replicas.replicate({
-        "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
-    self.data_key = self.replicas.replicate(jax.random.key_data(data_key))  # as train_from passes it
-    self.orders = train.EpochOrders(config, self.replicas, data_key, len(dataset.train))
+    run = run_setup.set_up(config, self.data_parallel,
+                           dataset=None if options.real_data else random_dataset(options.num_examples, config.seed))
+    self.num_classes = run.dataset.num_classes
+    self.num_params = run.num_params
+    self.train_fn = run.train_dispatch(self.steps_per_dispatch)
+    self.state, self.data, self.data_key, self.orders = run.state, run.train_data, run.key_data, run.orders
     self.step = 0
     self.metrics = None
     jax.block_until_ready((self.state, self.data))
@@ -172,7 +163,7 @@ class OurStep:
 
   def run(self, steps: int) -> float:
     start = time.perf_counter()
-    for _ in range(steps // self.steps_per_dispatch):  # the epochs' orders computed as train_from does
+    for _ in range(steps // self.steps_per_dispatch):  # the epochs' orders computed as train_loop does
       orders = self.orders.for_dispatch_after(self.step)
       self.state, self.metrics = self.train_fn(self.state, self.data, self.data_key, orders)
       self.step += self.steps_per_dispatch
@@ -181,11 +172,11 @@ class OurStep:
 
   def last_metrics(self) -> dict[str, float]:
     """Means over the last dispatch's steps and seeds."""
-    return {k: float(np.mean(v)) for k, v in self.replicas.to_host(self.metrics).items()}
+    return {k: float(np.mean(v)) for k, v in self.data_parallel.to_host(self.metrics).items()}
 
   def peak_device_bytes(self) -> int | None:
     """The largest peak allocation of our devices, where the backend reports it (GPU, TPU)."""
-    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in self.replicas.local_devices]
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in self.data_parallel.local_devices]
     peaks = [p for p in peaks if p is not None]
     return max(peaks) if peaks else None
 
@@ -214,7 +205,7 @@ class TorchStep:
     channels_last, bf16 = TORCH_VARIANTS[variant]
     self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.torch_resnet"], text=True,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    cwd=os.path.dirname(os.path.abspath(__file__)))
+                                    cwd=REPO)
     built = self.ask(
         depth=config.model.depth, residual=config.model.residual, shortcut=config.model.shortcut,
         num_classes=num_classes, batch_size=config.batch_size, learning_rate=config.learning_rate,
@@ -276,7 +267,7 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
   """Times our step (and the PyTorch variants, alternately); returns what the JSON holds."""
   if options.torch_variants:
     check_torch_installed()  # now, not after compiling ours
-  ours = OurStep(config, options)
+  ours = JaxStep(config, options)
   first_dispatch = warm_up(ours, config.steps_per_dispatch, options.warmup_seconds)
   ours_peak_host = peak_host_bytes()
   baselines = {}
@@ -296,7 +287,7 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
   measured = throughput(seconds[OURS], options.steps_per_window, config.batch_size * config.num_seeds)
   seconds_per_dispatch = measured["ms_per_step"] * config.steps_per_dispatch / 1000
   result = {
-      "net": train.net_name(config),
+      "net": naming.net_name(config),
       "num_params": ours.num_params,
       "batch_size": config.batch_size,
       "dtype": config.dtype,
@@ -307,8 +298,8 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
       "windows": options.windows,
       "steps_per_window": options.steps_per_window,
       "data": config.dataset.name if options.real_data else "random",
-      "device": {"platform": jax.default_backend(), "kind": ours.replicas.devices[0].device_kind,
-                 "count": ours.replicas.count, "host_cpus": os.cpu_count(), "host": platform.node()},
+      "device": {"platform": jax.default_backend(), "kind": ours.data_parallel.devices[0].device_kind,
+                 "count": ours.data_parallel.count, "host_cpus": os.cpu_count(), "host": platform.node()},
       "versions": {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__},
       "import_s": IMPORT_SECONDS,
       "startup_s": ours.startup_seconds,

@@ -20,8 +20,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-import parallel
-import writers
+from depthlab import parallel
+from depthlab import writers
 from configs import default
 
 # The fields a run cannot change when it resumes: they change the model or the data.

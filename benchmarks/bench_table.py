@@ -1,9 +1,9 @@
-"""One table from several bench.py JSON files: each run's throughput, PyTorch's, and the projected run time.
+"""One table from several benchmarks/bench.py JSON files: each run's throughput, PyTorch's, and the projected run time.
 
-    python -m benchmarks.summarize runs/bench/*.json
-    python -m benchmarks.summarize runs/bench/*.json --combined=all.json   # also all results in one file
+    python -m benchmarks.bench_table runs/bench/*.json
+    python -m benchmarks.bench_table runs/bench/*.json --combined=all.json   # also all results in one file
 
-Images/s count every seed's images (bench.py --config.num_seeds). The projection is total_steps (64k for the paper's recipe) times the median ms/step: train
+Images/s count every seed's images (benchmarks/bench.py --config.num_seeds). The projection is total_steps (64k for the paper's recipe) times the median ms/step: train
 steps only, no evaluation or checkpoints. Below the table, the ratios that matter
 (`key_ratios`): ResNet-56's projected run, ours / PyTorch, and several seeds in one step
 against one.
@@ -12,16 +12,16 @@ against one.
 import argparse
 import json
 
-import bench
-import writers
+from benchmarks import bench
 from configs import default
+from depthlab import writers
 
 COLUMNS = ("net", "dtype", "steps/dispatch", "seeds", "images/s", "ms/step", "compile s", "peak device",
            "torch fp32", "torch bf16", "torch channels_last", "ours/torch fp32", "projected")
 
 
 def with_defaults(result: dict) -> dict:
-  """A bench.py result with the config fields it was written before (several seeds) as their defaults."""
+  """A benchmark result (benchmarks/bench.py) with the config fields it was written before (several seeds) as their defaults."""
   config = default.get_config()
   return {"num_seeds": config.num_seeds, "seed_batching": config.seed_batching, **result}
 
@@ -32,7 +32,7 @@ def seeds_cell(result: dict) -> str:
 
 
 def row(result: dict) -> list[str]:
-  """The table's cells for one bench.py result; '-' where the run did not measure it."""
+  """The table's cells for one benchmarks/bench.py result; '-' where the run did not measure it."""
   ours, theirs = result[bench.OURS], result["torch"]
   torch_speed = [f"{theirs[v]['images_per_sec']:.0f}" if v in theirs else "-" for v in bench.TORCH_VARIANTS]
   ratio = f"{theirs['fp32']['ours_over_torch_median']:.2f}" if "fp32" in theirs else "-"
@@ -77,7 +77,7 @@ def key_ratios(results: list[dict], net: str = "resnet56") -> list[str]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("results", nargs="+", help="JSON files written by bench.py --out")
+  parser.add_argument("results", nargs="+", help="JSON files written by benchmarks/bench.py --out")
   parser.add_argument("--combined", help="also write the results, in the table's order, as one JSON list here")
   args = parser.parse_args()
   results = []

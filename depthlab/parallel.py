@@ -1,17 +1,17 @@
 """Where the devices come in: multi-host start-up, and running one per-device function on all devices.
 
 The train and eval steps are written once, for one device, with collectives over the
-axis `AXIS`. `Replicas.parallelize` runs such a function on every device, either with
+axis `AXIS`. `DataParallel.parallelize` runs such a function on every device, either with
 `jax.pmap` or with `jax.jit(jax.shard_map(...))` over a one-axis mesh; both see the
 same per-device shapes, so the step does not know which one runs it.
 
 Arguments are either replicated (the train state, the dataset, keys) or sharded along
-a leading axis of one entry per device (the eval split). `Replicas` puts both kinds on
-the devices and reads results back, so train.py never branches on the mode.
+a leading axis of one entry per device (the eval split). `DataParallel` puts both kinds on
+the devices and reads results back, so the loop never branches on the mode.
 
 Several processes (one per host) make one run through JAX's multi-controller runtime:
 `maybe_initialize_distributed` joins them, every process runs the same program on the
-same data, `Replicas` spans the devices of all of them, and each process puts arrays
+same data, `DataParallel` spans the devices of all of them, and each process puts arrays
 on its own devices only. `max_over_processes` and `sync_processes` are the few places
 where the processes agree outside the step.
 """
@@ -115,7 +115,7 @@ def sync_processes(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-class Replicas:
+class DataParallel:
   """The devices a run trains on, and how a per-device function runs on them."""
 
   def __init__(self, mode: str = "pmap", num_devices: int = 0):

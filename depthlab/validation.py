@@ -1,35 +1,29 @@
 """A user's mistakes, caught before anything heavy starts and told as one message.
 
 `validate_config` checks a parsed config in one pass (field names against configs/default.py,
-none missing; types, ranges and the relations between fields) and raises a ConfigError listing every
-problem with its fix. `user_errors_as_messages` turns the errors that are the user's to fix
-(a bad config, a full disk, a damaged file) into that message and an exit code, without
+none missing; types, ranges and the relations between fields) and raises a ConfigError listing
+every problem with its fix; cli.user_errors_as_messages turns it (and the other errors that are
+the user's to fix: a full disk, a damaged file) into that message and an exit code, without
 a Python traceback.
 """
 
-import contextlib
 import dataclasses
 import difflib
 import math
 import os
-import sys
-from typing import Any, Iterator
+from typing import Any
 
 import ml_collections
 
-import input_pipeline
+from depthlab import input_pipeline
 import nets
-import parallel
-import writers
+from depthlab import parallel
+from depthlab import writers
 from configs import default
 from nets import cifar_resnet, cpu_conv, preact_resnet
 
 DTYPES = ("float32", "bfloat16", "float16")
 SEED_BATCHING = ("auto", "vmap", "loop")
-
-# Exit codes: a config or command-line mistake (as argparse's), and a run that could not go on.
-EXIT_CONFIG = 2
-EXIT_FAILURE = 1
 
 # Fields that must be at least 1, at least 0, and choices: what each may be.
 AT_LEAST_ONE = ("batch_size", "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
@@ -202,24 +196,3 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     problems.append(f"--workdir={workdir}: is a file; give a folder (it is created if missing).")
   if problems:
     raise ConfigError(problems)
-
-
-# Errors whose message tells the user what to do: no traceback needed.
-USER_ERRORS = (ConfigError, writers.StorageError, writers.MetricsFileError)
-
-
-@contextlib.contextmanager
-def user_errors_as_messages(debug: bool = False, also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-  """Prints a user's mistake (USER_ERRORS and `also`) as one message and exits with its code
-  instead of a traceback; `debug` lets the traceback through."""
-  try:
-    yield
-  except USER_ERRORS + also as e:
-    if debug:
-      raise
-    print(f"Error: {e}", file=sys.stderr, flush=True)
-    if isinstance(e, writers.StorageError):
-      # A failed orbax save leaves threads that wait ~300 s for it before Python may exit.
-      sys.stdout.flush()
-      os._exit(EXIT_FAILURE)  # pylint: disable=protected-access
-    raise SystemExit(EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_FAILURE) from None

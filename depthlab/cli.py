@@ -1,0 +1,109 @@
+"""The command line of train.py (and of the commands that parse it the same way), and how a
+user's mistake ends a command: one message, no traceback, exit code 2 for a config or
+command-line mistake and 1 for a run that could not go on."""
+
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from depthlab import checkpoints
+from depthlab import validation
+from depthlab import writers
+from depthlab.collapse import TrainingCollapsed
+from depthlab.naming import default_workdir
+
+FLAGS = flags.FLAGS
+
+# Exit codes: a config or command-line mistake (as argparse's), and a run that could not go on.
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None = None) -> None:
+  """train.py's command line (defined on demand: parse_command_line defines it on flags of its own).
+
+  `argv` (the whole command line) replaces sys.argv as the source of config overrides.
+  """
+  config_flags.DEFINE_config_file("config", None, "A config file from configs/, e.g. configs/resnet56.py.",
+                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "Where the run writes (config.json, metrics.jsonl, checkpoints, "
+                      "wandb). Default: runs/<experiment>/<run name>.", flag_values=flag_values)
+  flags.DEFINE_bool("debug", False, "Show the Python traceback of a config or storage error too.",
+                    flag_values=flag_values)
+  flags.mark_flags_as_required(["config"], flag_values=flag_values)
+
+
+# What ml_collections and absl raise for a bad --config or --config.<field> (unknown field:
+# KeyError; missing config file: OSError; a value of the wrong type: flags.Error).
+COMMAND_LINE_ERRORS = (flags.Error, KeyError, OSError, AttributeError, TypeError, ValueError)
+
+
+def command_line_problem(error: Exception, args: list[str]) -> str:
+  """One line for a bad command line: the argument at fault, what is wrong, the fix."""
+  config_file = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+  if isinstance(error, AttributeError) and error.args and isinstance(error.args[0], KeyError):
+    error = error.args[0]  # a top-level field that does not exist: --config.data_dir
+  if isinstance(error, OSError) and config_file and not os.path.isfile(config_file):
+    return (f"--config={config_file}: no such config file; give one of configs/*.py, e.g. "
+            "--config=configs/resnet56.py (paths are relative to where you run).")
+  if isinstance(error, KeyError):  # ml_collections: "'modle'\nDid you mean ..."
+    key, _, hint = str(error.args[0]).partition("\n")
+    culprit = next((a for a in args if f".{key.strip(chr(39))}" in a.split("=")[0]), "--config.*")
+    return f"{culprit.split('=')[0]}: no config field {key}. {hint}".strip()
+  return str(error).splitlines()[0] if isinstance(error, flags.Error) else f"{type(error).__name__}: {error}"
+
+
+def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+  """absl's parsing of `argv`, config file loaded; a mistake in them is a ConfigError."""
+  try:
+    rest = flag_values(argv)
+    flag_values.config.keys()  # a config file that failed to load raises only when it is used
+  except COMMAND_LINE_ERRORS as e:
+    raise validation.ConfigError([command_line_problem(e, argv[1:])], "The command line") from e
+  return rest
+
+
+def parse_command_line(args: list[str]) -> tuple[ml_collections.ConfigDict, str]:
+  """The config and workdir that `python train.py <args>` trains with (a ConfigError for a
+  command line absl or ml_collections refuses)."""
+  values, argv = flags.FlagValues(), ["train.py", *args]
+  define_flags(values, argv)
+  parse_flags(values, argv)
+  return values.config, values.workdir or default_workdir(values.config)
+
+
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+  """app.run's flag parser: a bad command line is one message and exit code 2, no traceback."""
+  with user_errors_as_messages(debug="--debug" in argv):
+    return parse_flags(FLAGS, argv)
+
+
+# Errors whose message tells the user what to do: no traceback needed.
+USER_ERRORS = (validation.ConfigError, writers.StorageError, writers.MetricsFileError)
+
+
+@contextlib.contextmanager
+def user_errors_as_messages(debug: bool = False, also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+  """Prints a user's mistake (USER_ERRORS and `also`) as one message and exits with its code
+  instead of a traceback; `debug` lets the traceback through."""
+  try:
+    yield
+  except USER_ERRORS + also as e:
+    if debug:
+      raise
+    print(f"Error: {e}", file=sys.stderr, flush=True)
+    if isinstance(e, writers.StorageError):
+      # A failed orbax save leaves threads that wait ~300 s for it before Python may exit.
+      sys.stdout.flush()
+      os._exit(EXIT_FAILURE)  # pylint: disable=protected-access
+    raise SystemExit(EXIT_CONFIG if isinstance(e, validation.ConfigError) else EXIT_FAILURE) from None
+
+
+# Errors whose message says what to do, besides USER_ERRORS: printed without a traceback.
+RUN_ERRORS = (checkpoints.ConfigMismatchError, checkpoints.CorruptCheckpointError, FloatingPointError,
+              TrainingCollapsed)

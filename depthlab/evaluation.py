@@ -1,0 +1,57 @@
+"""Evaluates a run's checkpoint: reads the run's config.json (load_run_config), restores the
+checkpoint onto this machine's devices (any number of them) and measures loss and error
+over whole splits (evaluate_checkpoint)."""
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from depthlab import checkpoints
+from depthlab import parallel
+from depthlab import run_setup
+from depthlab.loop import make_evaluator
+from depthlab.state import TrainState
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with, from its config.json (fields it lacks, at any depth: the defaults)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} the workdir of a run?")
+  with open(path) as f:
+    saved = json.load(f)
+  saved.pop("num_params", None)
+  return ml_collections.ConfigDict(checkpoints.with_defaults(saved))
+
+
+def evaluate_checkpoint(workdir: str, step: int | None = None, include_train: bool = False,
+                        num_devices: int = 0, data_dir: str | None = None) -> dict[str, Any]:
+  """Loss and error of a checkpoint on the test split (and the train split), as a dict."""
+  config = load_run_config(workdir)
+  if data_dir:
+    config.dataset.data_dir = data_dir
+
+  def restore(template: TrainState) -> tuple[TrainState, dict[str, Any]]:
+    ckpts = checkpoints.Checkpoints(workdir)
+    try:
+      restored = ckpts.restore(jax.device_get(template), step, set_aside=False)  # an evaluator leaves the run as it is
+    finally:
+      ckpts.close()
+    if restored is None:
+      raise FileNotFoundError(f"No readable checkpoint in {ckpts.directory}.")
+    restored_step, state, record = restored
+    return state, {**record, "step": restored_step}
+
+  run = run_setup.set_up(config, parallel.DataParallel(config.parallelism, num_devices), restore=restore,
+                         for_training=False)
+  step, dataset = run.record["step"], run.dataset
+  splits = dict(dataset.eval_splits, **({"train": dataset.train} if include_train else {}))
+  evaluate = make_evaluator(run.data_parallel, splits, dataset.mean_image, config)
+  results = {"step": step, "devices": run.data_parallel.count, **evaluate(run.state)}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"eval_{step}.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results

@@ -1,0 +1,151 @@
+"""Compares runs as He et al. 2015 do: Fig. 6 (training error dashed, test error solid,
+against steps, one colour per depth, plain and residual nets in side-by-side panels with a
+shared y axis; PNG and PDF), a Markdown table in the form of Table 6 (mean ± std where
+several seeds ran, as separate runs or as one run of config.num_seeds; their test error's
+spread is a band in the figure), and, for runs with config.log_grad_norms, each block's
+gradient norm from input to output. `compare` draws and writes them all."""
+
+import os
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from depthlab.history import RunHistory, common_curves, group_by_net, load_runs, mean_curve, up_to_step
+
+# He et al. 2015, Table 6: CIFAR-10 test error (%) of the residual nets (option A).
+PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")  # files only: works without a display
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+PANEL_TITLES = {"plain": "plain nets", "residual": "ResNets"}
+
+
+def panel_figure(runs: Sequence[RunHistory]) -> tuple[Any, list[tuple[Any, str, list[tuple[Any, str, list]]]]]:
+  """A figure of side-by-side panels sharing the y axis, one per kind of net (plain, residual, ...).
+
+  Returns the figure and, per panel, (axes, panel, [(colour, net, the net's runs), ...]).
+  """
+  plt = _pyplot()
+  groups = group_by_net(runs)
+  panels = list(dict.fromkeys(group[0].panel for group in groups.values()))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
+  colours = plt.get_cmap("tab10").colors * 10
+  layout = []
+  for ax, panel in zip(axes[0], panels):
+    nets = [(net, group) for net, group in groups.items() if group[0].panel == panel]
+    layout.append((ax, panel, [(colour, net, group) for colour, (net, group) in zip(colours, nets)]))
+  return fig, layout
+
+
+def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
+  """Fig. 6 as a matplotlib figure: train error dashed, test error solid, one colour per net."""
+  fig, layout = panel_figure(runs)
+  for ax, panel, nets in layout:
+    for colour, net, group in nets:
+      seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
+      steps, train_error = mean_curve(group, "train_error")
+      ax.plot(steps, 100 * train_error, "--", color=colour, linewidth=1)
+      steps, test_errors = common_curves(group, "test_error")
+      test_error = test_errors.mean(axis=0)
+      if len(group) > 1:  # the seeds' spread: mean ± sample std
+        spread = test_errors.std(axis=0, ddof=1)
+        ax.fill_between(steps, 100 * (test_error - spread), 100 * (test_error + spread), color=colour,
+                        alpha=0.2, linewidth=0)
+      ax.plot(steps, 100 * test_error, "-", color=colour, linewidth=2, marker="o" if len(steps) < 20 else None,
+              markersize=3, label=f"{net}{seeds}")
+    ax.set_title(PANEL_TITLES.get(panel, panel))
+    ax.set_xlabel("iterations")
+    ax.grid(alpha=0.3)
+    bands = "; band: ± std over seeds" if any(len(group) > 1 for *_, group in nets) else ""
+    ax.legend(title=f"test solid, train dashed{bands}", fontsize=8, title_fontsize=8)
+  fig.axes[0].set_ylabel("error (%)")
+  fig.axes[0].set_ylim(bottom=0)
+  fig.tight_layout()
+  return fig
+
+
+def block_position(metric: str) -> float:
+  """Where a grad_norm/<block> metric sits from input (0) to output (inf)."""
+  name = metric.split("/", 1)[1]
+  number = re.fullmatch(r"block(\d+)", name)
+  return 0 if name.startswith("stem") else int(number.group(1)) if number else float("inf")
+
+
+def draw_grad_norms(runs: Sequence[RunHistory]) -> Any:
+  """Each block's gradient norm (mean over the run's log lines) from input to output, log scale.
+
+  Only runs trained with config.log_grad_norms appear; None if there are none.
+  """
+  runs = [run for run in runs if run.lines and any(k.startswith("grad_norm/") for k in run.lines[0])]
+  if not runs:
+    return None
+  fig, layout = panel_figure(runs)
+  for ax, panel, nets in layout:
+    for colour, net, group in nets:
+      keys = sorted((k for k in group[0].lines[0] if k.startswith("grad_norm/block")), key=block_position)
+      means = [mean_curve(group, k)[1].mean() for k in keys]
+      ax.semilogy([block_position(k) for k in keys], means, "-o", color=colour, markersize=3, label=net)
+    ax.set_title(f"{PANEL_TITLES.get(panel, panel)}: gradient norm per block")
+    ax.set_xlabel("block (1 = next to the input)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+  fig.axes[0].set_ylabel("mean gradient norm over training")
+  fig.tight_layout()
+  return fig
+
+
+def save_figure(fig: Any, *paths: str) -> list[str]:
+  for path in paths:
+    fig.savefig(path, dpi=150)
+  _pyplot().close(fig)
+  return list(paths)
+
+
+def _percent(values: Sequence[float]) -> str:
+  """'7.51' for one run, '7.51 ± 0.16' (mean ± sample std) for several."""
+  values = 100 * np.asarray(values)
+  if len(values) == 1:
+    return f"{values[0]:.2f}"
+  return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+
+def results_table(runs: Sequence[RunHistory]) -> str:
+  """Table 6 as Markdown: per net its depth, parameters, final and best errors (%), and the paper's."""
+  rows = ["| net | depth | parameters | runs | steps | final train error (%) | final test error (%) "
+          "| best test error (%) | paper test error (%) |", "|---|---|---|---|---|---|---|---|---|"]
+  for net, group in group_by_net(runs).items():
+    config = group[0].config
+    depth = config.model.get("depth", "")
+    paper = PAPER_TEST_ERROR.get(depth) if net == f"resnet{depth}" else None
+    final = lambda key: [run.curve(key)[1][-1] for run in group]
+    best = [run.curve("test_error")[1].min() for run in group]
+    params = f"{group[0].num_params / 1e6:.2f}M" if group[0].num_params else "-"
+    steps = max(int(run.lines[-1]["step"]) for run in group)
+    rows.append(f"| {net} | {depth} | {params} | {len(group)} | {steps} | {_percent(final('train_error'))} | "
+                f"{_percent(final('test_error'))} | {_percent(best)} | {paper if paper else '-'} |")
+  return "\n".join(rows)
+
+
+def compare(sources: Sequence[str], out: str | None = None, step: int | None = None) -> dict[str, Any]:
+  """Draws the runs' curves and writes their table; returns the paths written and the table."""
+  runs = [up_to_step(run, step) for run in load_runs(sources)]
+  runs = [run for run in runs if any("test_error" in line for line in run.lines)]
+  if not runs:
+    raise ValueError(f"No run in {list(sources)} has been evaluated yet (no test_error in metrics.jsonl).")
+  out = out or os.path.join(sources[0] if os.path.isdir(sources[0]) else "runs", "compare")
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  table = results_table(runs)
+  with open(f"{out}.md", "w") as f:
+    f.write(table + "\n")
+  paths = save_figure(draw_error_curves(runs), f"{out}.png", f"{out}.pdf") + [f"{out}.md"]
+  grad_norms = draw_grad_norms(runs)
+  if grad_norms is not None:
+    paths += save_figure(grad_norms, f"{out}_grad_norms.png")
+  return {"table": table, "paths": paths, "runs": len(runs)}

@@ -1,0 +1,145 @@
+"""Runs as they were logged: each run's config and metrics lines (RunHistory), read from
+workdirs or a wandb sweep, one-seed runs split out of several-seed ones, grouped by net,
+and their curves."""
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from depthlab import checkpoints
+from depthlab import writers
+from depthlab.evaluation import load_run_config
+from depthlab.naming import net_name
+from depthlab.state import seeds
+
+
+@dataclasses.dataclass
+class RunHistory:
+  """One run's config and metrics lines, from its workdir or from wandb."""
+  config: ml_collections.ConfigDict
+  lines: list[dict[str, float]]  # ordered by step
+  num_params: int | None = None
+  source: str = ""
+
+  @property
+  def net(self) -> str:
+    """Runs of the same net (seed aside) are averaged into one curve and one table row."""
+    return net_name(self.config)
+
+  @property
+  def panel(self) -> str:
+    """Plain and residual CIFAR nets side by side, as in the paper; other nets by name."""
+    if self.config.model.name == "cifar_resnet":
+      return "residual" if self.config.model.residual else "plain"
+    return self.config.model.name
+
+  def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the lines that hold `key`."""
+    points = [(line["step"], line[key]) for line in self.lines if key in line]
+    return np.array([p[0] for p in points]), np.array([p[1] for p in points])
+
+
+def split_seeds(run: RunHistory) -> list[RunHistory]:
+  """A run of config.num_seeds = K as K one-seed runs (from its seed<s>/<key> metrics), so
+  that the seeds of one run and the seeds of separate runs are compared alike."""
+  config = run.config
+  if config.num_seeds == 1:
+    return [run]
+  runs = []
+  for seed in seeds(config):
+    prefix = f"seed{seed}/"
+    one = ml_collections.ConfigDict(config.to_dict())
+    one.seed, one.num_seeds = seed, 1
+    lines = [{"step": line["step"], **{k[len(prefix):]: v for k, v in line.items() if k.startswith(prefix)}}
+             for line in run.lines]
+    runs.append(RunHistory(one, lines, run.num_params, f"{run.source} ({prefix[:-1]})"))
+  return runs
+
+
+def load_local_runs(path: str) -> list[RunHistory]:
+  """Every run in `path`: a workdir, or a folder holding workdirs at any depth."""
+  runs = []
+  for folder, subfolders, files in os.walk(path):
+    subfolders[:] = sorted(d for d in subfolders if d not in ("checkpoints", "wandb", "unreadable_checkpoints"))
+    if "metrics.jsonl" in files and "config.json" in files:
+      config = load_run_config(folder)
+      with open(os.path.join(folder, "config.json")) as f:
+        num_params = json.load(f).get("num_params")
+      runs.append(RunHistory(config, writers.read_metrics(folder), num_params, folder))
+  return runs
+
+
+def load_wandb_sweep(sweep_path: str) -> list[RunHistory]:
+  """The runs of a wandb sweep ('entity/project/sweep_id'), read through the public API."""
+  import wandb  # pylint: disable=g-import-not-at-top
+  runs = []
+  for run in wandb.Api().sweep(sweep_path).runs:
+    config = train_config_of(run.config)
+    lines = [{k: v for k, v in row.items() if isinstance(v, (int, float)) and not k.startswith("_")}
+             | {"step": row["_step"]} for row in run.scan_history()]
+    runs.append(RunHistory(config, sorted(lines, key=lambda line: line["step"]),
+                           run.summary.get("num_params"), f"wandb:{run.path}"))
+  return runs
+
+
+def train_config_of(wandb_config: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A run's config from its wandb config (flat 'config.model.depth' keys), the fields it lacks
+  filled in as a saved config's are (checkpoints.with_defaults)."""
+  saved = {}
+  for key, value in wandb_config.items():
+    if key.startswith("config.") and not isinstance(value, dict):
+      *parents, name = key[len("config."):].split(".")
+      fields = saved
+      for parent in parents:
+        fields = fields.setdefault(parent, {})
+      fields[name] = value
+  return ml_collections.ConfigDict(checkpoints.with_defaults(saved))
+
+
+def load_runs(sources: Sequence[str]) -> list[RunHistory]:
+  """The runs under each local path, or of each wandb sweep path (entity/project/sweep_id)."""
+  runs = []
+  for source in sources:
+    if os.path.exists(source):
+      found = load_local_runs(source)
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+/\w+", source):
+      found = load_wandb_sweep(source)
+    else:
+      raise FileNotFoundError(f"{source} is neither a folder nor a wandb sweep path (entity/project/sweep_id).")
+    if not found:
+      raise FileNotFoundError(f"No runs (metrics.jsonl with config.json) in {source}.")
+    runs += [one for run in found for one in split_seeds(run)]
+  return runs
+
+
+def group_by_net(runs: Sequence[RunHistory]) -> dict[str, list[RunHistory]]:
+  """Runs of each net (its seeds), nets ordered by panel, then depth, then name."""
+  groups = {}
+  for run in runs:
+    groups.setdefault(run.net, []).append(run)
+  order = lambda net: (groups[net][0].panel, groups[net][0].config.model.get("depth", 0), net)
+  return {net: groups[net] for net in sorted(groups, key=order)}
+
+
+def common_curves(runs: Sequence[RunHistory], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values [runs, steps]) of `key` at the steps every run logged it."""
+  curves = [run.curve(key) for run in runs]
+  steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+  values = [[dict(zip(s.tolist(), v.tolist()))[t] for t in steps] for s, v in curves]
+  return np.array(steps), np.array(values).reshape(len(runs), len(steps))
+
+
+def mean_curve(runs: Sequence[RunHistory], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """The mean over runs of `key` at the steps every run logged it."""
+  steps, values = common_curves(runs, key)
+  return steps, values.mean(axis=0)
+
+
+def up_to_step(run: RunHistory, step: int | None) -> RunHistory:
+  """The run as it stood after `step` steps (to compare runs of different lengths at equal steps)."""
+  return run if step is None else dataclasses.replace(run, lines=[line for line in run.lines if line["step"] <= step])

@@ -1,0 +1,91 @@
+"""The one way a run is put together before its first step, shared by train.py, eval.py and
+the benchmark: devices -> dataset -> model -> keys -> train state (or a checkpoint's) ->
+the state and the training data on the devices (`set_up`)."""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+import nets
+from depthlab import input_pipeline
+from depthlab import parallel
+from depthlab import validation
+from depthlab.state import TrainState, create_model, create_train_state, run_keys, step_count
+from depthlab.steps import EpochOrders, steps_on_device
+
+
+def check_batch_size(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1,
+                     resuming: bool = False) -> None:
+  """The global batch must split evenly over the devices of all processes."""
+  problems = validation.batch_problems(config, num_devices, num_processes, resuming)
+  if problems:
+    raise validation.ConfigError(problems)
+
+
+def training_devices(config: ml_collections.ConfigDict, resuming: bool = False) -> parallel.DataParallel:
+  """The devices a run trains on (config.parallelism, config.num_devices), the batch checked
+  against them (`resuming`: a run that resumes keeps its batch size)."""
+  data_parallel = parallel.DataParallel(config.parallelism, config.num_devices)
+  check_batch_size(config, data_parallel.count, jax.process_count(), resuming=resuming)
+  return data_parallel
+
+
+@dataclasses.dataclass
+class RunSetup:
+  """A run ready for its first step: what `set_up` made, the state and data on the devices."""
+  config: ml_collections.ConfigDict
+  data_parallel: parallel.DataParallel
+  dataset: input_pipeline.Dataset
+  model: nn.Module
+  init_key: jax.Array  # of initialisation (one per seed with num_seeds > 1)
+  data_key: jax.Array  # of data order, augmentation and dropout (one per seed)
+  state: TrainState  # replicated on the devices
+  first_step: int  # the state's step: 0, or the restored checkpoint's
+  num_params: int  # of one net
+  record: dict[str, Any]  # what the restored checkpoint was saved with; {} for a fresh state
+  train_data: dict[str, jax.Array] | None = None  # the training split and mean image, replicated
+  key_data: jax.Array | None = None  # the data key as raw key data, replicated
+  orders: EpochOrders | None = None  # the epochs' example orders on the devices
+
+  def train_dispatch(self, steps: int) -> Callable[..., tuple[TrainState, dict]]:
+    """`steps` train steps on every device as one dispatch, (state, train_data, key_data,
+    orders) -> (state, metrics); the state's buffers are donated. JAX compiles it on its first call."""
+    return self.data_parallel.parallelize(steps_on_device(self.config, self.data_parallel.count, steps),
+                                          donate_argnums=(0,))
+
+
+def fresh_start(state: TrainState) -> tuple[TrainState, dict[str, Any]]:
+  """`set_up`'s default `restore`: the initialised state, no checkpoint record."""
+  return state, {}
+
+
+def set_up(config: ml_collections.ConfigDict, data_parallel: parallel.DataParallel,
+           dataset: input_pipeline.Dataset | None = None,
+           restore: Callable[[TrainState], tuple[TrainState, dict[str, Any]]] = fresh_start,
+           for_training: bool = True) -> RunSetup:
+  """Loads the dataset, builds the model, draws the keys, initialises the train state and
+  puts it on the devices of `data_parallel`.
+
+  `dataset`: instead of config.dataset's (the benchmark's random images). `restore`: from
+  the initialised state (a template of host arrays) to the state to start from and its
+  checkpoint's record, e.g. a checkpoint's. `for_training`: also put the training split,
+  the data key and the epochs' orders on the devices (evaluating needs the state only).
+  """
+  dataset = dataset or input_pipeline.load_dataset(config.dataset)
+  model = create_model(config, dataset.num_classes)
+  init_key, data_key = run_keys(config)
+  state, record = restore(create_train_state(config, model, init_key, input_pipeline.input_shape(
+      config.dataset, dataset.train.images.shape[1:])))
+  run = RunSetup(config, data_parallel, dataset, model, init_key, data_key, data_parallel.replicate(state),
+                 first_step=step_count(state), num_params=nets.count_params(state.params) // config.num_seeds,
+                 record=record)
+  if for_training:
+    run.train_data = data_parallel.replicate({
+        "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
+    # As raw key data: pmap refuses a typed key array that spans several processes.
+    run.key_data = data_parallel.replicate(jax.random.key_data(data_key))
+    run.orders = EpochOrders(config, data_parallel, data_key, len(dataset.train))
+  return run
