@@ -19,21 +19,24 @@ config.log_grad_norms, a figure of each block's gradient norm from input to outp
 
 from absl import app, flags, logging
 
-from depthlab import checkpoints
-from depthlab import cli
+from depthlab import checkpoints, cli
 from depthlab.evaluation import evaluate_checkpoint
 from depthlab.figures import compare
 from nets import cpu_conv
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The run's workdir (holds config.json and checkpoints/).")
-flags.DEFINE_integer("step", None, "The checkpoint's step; default: the newest. compare: "
-                     "compare the runs as they stood after this many steps.")
+flags.DEFINE_integer(
+  "step",
+  None,
+  "The checkpoint's step; default: the newest. compare: compare the runs as they stood after this many steps.",
+)
 flags.DEFINE_bool("train", False, "Also evaluate the train split (no augmentation).")
 flags.DEFINE_integer("num_devices", 0, "Local devices to evaluate on; 0: all.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir; default: the run's, else $TFDS_DATA_DIR.")
-flags.DEFINE_string("out", None, "compare: where the figures and table go, as a path without "
-                    "extension; default: <first folder>/compare.")
+flags.DEFINE_string(
+  "out", None, "compare: where the figures and table go, as a path without extension; default: <first folder>/compare."
+)
 
 
 def main(argv):
@@ -48,7 +51,9 @@ def run(argv):
   """eval.py's commands: compare, or evaluate a checkpoint."""
   if len(argv) > 1 and argv[1] == "compare":
     if len(argv) < 3:
-      raise app.UsageError("compare needs run folders or wandb sweep paths, e.g. eval.py compare runs/plain_vs_residual")
+      raise app.UsageError(
+        "compare needs run folders or wandb sweep paths, e.g. eval.py compare runs/plain_vs_residual"
+      )
     result = compare(argv[2:], FLAGS.out, FLAGS.step)
     print(result["table"])
     print(f"{result['runs']} runs compared; wrote " + ", ".join(result["paths"]))
@@ -59,10 +64,12 @@ def run(argv):
     raise app.UsageError("Give --workdir=<a run's workdir> to evaluate, or `compare <folders>`.")
   results = evaluate_checkpoint(FLAGS.workdir, FLAGS.step, FLAGS.train, FLAGS.num_devices, FLAGS.data_dir)
   print(f"{FLAGS.workdir} at step {results['step']} on {results['devices']} device(s):")
-  for name in [k[:-len("_examples")] for k in results if k.endswith("_examples")]:
+  for name in [k[: -len("_examples")] for k in results if k.endswith("_examples")]:
     spread = f" ± {100 * results[f'{name}_error_std']:.2f}" if f"{name}_error_std" in results else ""
-    print(f"  {name:5s} loss {results[f'{name}_loss']:.4f}  error {100 * results[f'{name}_error']:.2f}%{spread}"
-          f"  ({results[f'{name}_examples']} images)")
+    print(
+      f"  {name:5s} loss {results[f'{name}_loss']:.4f}  error {100 * results[f'{name}_error']:.2f}%{spread}"
+      f"  ({results[f'{name}_examples']} images)"
+    )
     for key in [k for k in results if k.startswith("seed") and k.endswith(f"/{name}_error")]:
       print(f"    {key.split('/')[0]:8s} error {100 * results[key]:.2f}%")
 

@@ -12,12 +12,10 @@ global batch on the device, so the host only dispatches.
 
 import os
 
-import jax
 from absl import app, logging
+import jax
 
-from depthlab import cli
-from depthlab import validation
-from depthlab import writers
+from depthlab import cli, validation, writers
 from depthlab.loop import train_and_evaluate
 from depthlab.naming import default_workdir
 from nets import cpu_conv

@@ -37,17 +37,14 @@ import subprocess
 import sys
 from typing import Any, Protocol
 
+from absl import app, flags
 import flax
 import jax
 import ml_collections
-import numpy as np
-from absl import app, flags
 from ml_collections import config_flags
+import numpy as np
 
-from depthlab import input_pipeline
-from depthlab import naming
-from depthlab import run_setup
-from depthlab import writers
+from depthlab import input_pipeline, naming, run_setup, writers
 from nets import cpu_conv
 
 IMPORT_SECONDS = time.perf_counter() - IMPORT_START
@@ -65,6 +62,7 @@ FLAGS = flags.FLAGS
 @dataclasses.dataclass(frozen=True)
 class Options:
   """How to time: everything that is not a config field."""
+
   windows: int = 5
   steps_per_window: int = 20
   torch_variants: tuple[str, ...] = ()  # names in TORCH_VARIANTS
@@ -82,29 +80,49 @@ class Options:
 
 def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None = None) -> None:
   """The benchmark's command line; `argv` (the whole command line) replaces sys.argv for config overrides."""
-  config_flags.DEFINE_config_file("config", None, "A config file from configs/, e.g. configs/resnet56.py.",
-                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
-  flags.DEFINE_integer("windows", Options.windows, "Timed windows; figures are their medians.",
-                       flag_values=flag_values)
-  flags.DEFINE_integer("steps_per_window", Options.steps_per_window, "Train steps in each timed window.",
-                       flag_values=flag_values)
-  flags.DEFINE_list("torch", [], "PyTorch variants timed alternately with ours: fp32, bf16 (autocast), "
-                    f"channels_last, all, or none. Needs PyTorch: {TORCH_INSTALL_HINT}.",
-                    flag_values=flag_values)
-  flags.DEFINE_bool("real_data", False, "Train on the config's dataset from TFDS instead of random "
-                    "images (loading it counts as start-up).", flag_values=flag_values)
-  flags.DEFINE_integer("num_examples", CIFAR_TRAIN_EXAMPLES, "Size of the random training set.",
-                       flag_values=flag_values)
-  flags.DEFINE_float("warmup_seconds", Options.warmup_seconds, "Keep running untimed this long after the "
-                     "two warm-up dispatches, so that a GPU reaches its steady clocks.", flag_values=flag_values)
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "A config file from configs/, e.g. configs/resnet56.py.",
+    flag_values=flag_values,
+    lock_config=True,
+    sys_argv=argv,
+  )
+  flags.DEFINE_integer("windows", Options.windows, "Timed windows; figures are their medians.", flag_values=flag_values)
+  flags.DEFINE_integer(
+    "steps_per_window", Options.steps_per_window, "Train steps in each timed window.", flag_values=flag_values
+  )
+  flags.DEFINE_list(
+    "torch",
+    [],
+    "PyTorch variants timed alternately with ours: fp32, bf16 (autocast), "
+    f"channels_last, all, or none. Needs PyTorch: {TORCH_INSTALL_HINT}.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+    "real_data",
+    False,
+    "Train on the config's dataset from TFDS instead of random images (loading it counts as start-up).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "num_examples", CIFAR_TRAIN_EXAMPLES, "Size of the random training set.", flag_values=flag_values
+  )
+  flags.DEFINE_float(
+    "warmup_seconds",
+    Options.warmup_seconds,
+    "Keep running untimed this long after the two warm-up dispatches, so that a GPU reaches its steady clocks.",
+    flag_values=flag_values,
+  )
   flags.DEFINE_string("out", None, "Also write the results as JSON to this file.", flag_values=flag_values)
   flags.mark_flags_as_required(["config"], flag_values=flag_values)
 
 
 def options_from_flags(values: flags.FlagValues) -> Options:
   variants = tuple(TORCH_VARIANTS) if "all" in values.torch else tuple(v for v in values.torch if v != "none")
-  return Options(values.windows, values.steps_per_window, variants,
-                 values.real_data, values.num_examples, values.warmup_seconds)
+  return Options(
+    values.windows, values.steps_per_window, variants, values.real_data, values.num_examples, values.warmup_seconds
+  )
 
 
 def parse_command_line(args: list[str]) -> tuple[ml_collections.ConfigDict, Options, str | None]:
@@ -126,16 +144,18 @@ def random_dataset(num_examples: int, seed: int, num_classes: int = 10) -> input
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (num_examples, *CIFAR_IMAGE_SHAPE), dtype=np.uint8)
   labels = rng.integers(0, num_classes, num_examples, dtype=np.int32)
-  return input_pipeline.Dataset(train=input_pipeline.Split(images, labels), eval_splits={},
-                                mean_image=np.full(CIFAR_IMAGE_SHAPE, 0.5, np.float32),
-                                num_classes=num_classes)
+  return input_pipeline.Dataset(
+    train=input_pipeline.Split(images, labels),
+    eval_splits={},
+    mean_image=np.full(CIFAR_IMAGE_SHAPE, 0.5, np.float32),
+    num_classes=num_classes,
+  )
 
 
 class Timed(Protocol):
   """One side of the comparison: runs `steps` train steps and returns the seconds they took."""
 
-  def run(self, steps: int) -> float:
-    ...
+  def run(self, steps: int) -> float: ...
 
 
 class JaxStep:
@@ -148,10 +168,14 @@ class JaxStep:
     self.steps_per_dispatch = config.steps_per_dispatch
     if options.steps_per_window % self.steps_per_dispatch:
       raise ValueError(
-          f"--steps_per_window={options.steps_per_window} is not a multiple of --config.steps_per_dispatch="
-          f"{self.steps_per_dispatch}; a window is a whole number of dispatches.")
-    run = run_setup.set_up(config, self.data_parallel,
-                           dataset=None if options.real_data else random_dataset(options.num_examples, config.seed))
+        f"--steps_per_window={options.steps_per_window} is not a multiple of --config.steps_per_dispatch="
+        f"{self.steps_per_dispatch}; a window is a whole number of dispatches."
+      )
+    run = run_setup.set_up(
+      config,
+      self.data_parallel,
+      dataset=None if options.real_data else random_dataset(options.num_examples, config.seed),
+    )
     self.num_classes = run.dataset.num_classes
     self.num_params = run.num_params
     self.train_fn = run.train_dispatch(self.steps_per_dispatch)
@@ -203,14 +227,27 @@ class TorchStep:
     if config.model.name != "cifar_resnet":
       raise ValueError(f"The PyTorch baseline is the CIFAR ResNet only; model.name is {config.model.name!r}.")
     channels_last, bf16 = TORCH_VARIANTS[variant]
-    self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.torch_resnet"], text=True,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    cwd=REPO)
+    self.process = subprocess.Popen(
+      [sys.executable, "-m", "benchmarks.torch_resnet"],
+      text=True,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      cwd=REPO,
+    )
     built = self.ask(
-        depth=config.model.depth, residual=config.model.residual, shortcut=config.model.shortcut,
-        num_classes=num_classes, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        momentum=config.momentum, weight_decay=config.weight_decay, seed=config.seed,
-        channels_last=channels_last, bf16=bf16, gpu=jax.default_backend() == "gpu")
+      depth=config.model.depth,
+      residual=config.model.residual,
+      shortcut=config.model.shortcut,
+      num_classes=num_classes,
+      batch_size=config.batch_size,
+      learning_rate=config.learning_rate,
+      momentum=config.momentum,
+      weight_decay=config.weight_decay,
+      seed=config.seed,
+      channels_last=channels_last,
+      bf16=bf16,
+      gpu=jax.default_backend() == "gpu",
+    )
     self.device, self.num_params, self.version = built["device"], built["num_params"], built["version"]
     self.loss = None
     self.peak_bytes = None
@@ -249,9 +286,11 @@ def peak_host_bytes() -> int:
 def throughput(seconds: list[float], steps: int, batch_size: int) -> dict[str, Any]:
   """Images/s and ms/step of each window, and their medians."""
   windows = [{"images_per_sec": batch_size * steps / s, "ms_per_step": 1000 * s / steps} for s in seconds]
-  return {"images_per_sec": statistics.median(w["images_per_sec"] for w in windows),
-          "ms_per_step": statistics.median(w["ms_per_step"] for w in windows),
-          "windows": windows}
+  return {
+    "images_per_sec": statistics.median(w["images_per_sec"] for w in windows),
+    "ms_per_step": statistics.median(w["ms_per_step"] for w in windows),
+    "windows": windows,
+  }
 
 
 def warm_up(side: Timed, steps: int, seconds: float = 0.0) -> float:
@@ -287,44 +326,54 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options) -> dict[s
   measured = throughput(seconds[OURS], options.steps_per_window, config.batch_size * config.num_seeds)
   seconds_per_dispatch = measured["ms_per_step"] * config.steps_per_dispatch / 1000
   result = {
-      "net": naming.net_name(config),
-      "num_params": ours.num_params,
-      "batch_size": config.batch_size,
-      "dtype": config.dtype,
-      "parallelism": config.parallelism,
-      "steps_per_dispatch": config.steps_per_dispatch,
-      "num_seeds": config.num_seeds,
-      "seed_batching": config.seed_batching,
-      "windows": options.windows,
-      "steps_per_window": options.steps_per_window,
-      "data": config.dataset.name if options.real_data else "random",
-      "device": {"platform": jax.default_backend(), "kind": ours.data_parallel.devices[0].device_kind,
-                 "count": ours.data_parallel.count, "host_cpus": os.cpu_count(), "host": platform.node()},
-      "versions": {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__},
-      "import_s": IMPORT_SECONDS,
-      "startup_s": ours.startup_seconds,
-      OURS: {
-          **measured,
-          "first_dispatch_s": first_dispatch,
-          # The first dispatch traces, compiles and runs once; running is what a later one costs.
-          "compile_s": max(first_dispatch - seconds_per_dispatch, 0.0),
-          "peak_host_bytes": ours_peak_host,
-          "peak_device_bytes": ours.peak_device_bytes(),
-          "train_loss": ours.last_metrics()["train_loss"],
-      },
-      "total_steps": config.total_steps,
-      "projected_total_s": config.total_steps * measured["ms_per_step"] / 1000,
-      "torch": {},
+    "net": naming.net_name(config),
+    "num_params": ours.num_params,
+    "batch_size": config.batch_size,
+    "dtype": config.dtype,
+    "parallelism": config.parallelism,
+    "steps_per_dispatch": config.steps_per_dispatch,
+    "num_seeds": config.num_seeds,
+    "seed_batching": config.seed_batching,
+    "windows": options.windows,
+    "steps_per_window": options.steps_per_window,
+    "data": config.dataset.name if options.real_data else "random",
+    "device": {
+      "platform": jax.default_backend(),
+      "kind": ours.data_parallel.devices[0].device_kind,
+      "count": ours.data_parallel.count,
+      "host_cpus": os.cpu_count(),
+      "host": platform.node(),
+    },
+    "versions": {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__},
+    "import_s": IMPORT_SECONDS,
+    "startup_s": ours.startup_seconds,
+    OURS: {
+      **measured,
+      "first_dispatch_s": first_dispatch,
+      # The first dispatch traces, compiles and runs once; running is what a later one costs.
+      "compile_s": max(first_dispatch - seconds_per_dispatch, 0.0),
+      "peak_host_bytes": ours_peak_host,
+      "peak_device_bytes": ours.peak_device_bytes(),
+      "train_loss": ours.last_metrics()["train_loss"],
+    },
+    "total_steps": config.total_steps,
+    "projected_total_s": config.total_steps * measured["ms_per_step"] / 1000,
+    "torch": {},
   }
   for variant, baseline in baselines.items():
     theirs = throughput(seconds[variant], options.steps_per_window, config.batch_size)
     ratios = [s / ours_s for ours_s, s in zip(seconds[OURS], seconds[variant])]  # = images/s ratio
     result["versions"]["torch"] = baseline.version
     result["torch"][variant] = {
-        **theirs, "device": baseline.device, "num_params": baseline.num_params,
-        "first_step_s": first_steps[variant], "peak_device_bytes": baseline.peak_device_bytes(),
-        "train_loss": float(baseline.loss),
-        "ours_over_torch": ratios, "ours_over_torch_median": statistics.median(ratios)}
+      **theirs,
+      "device": baseline.device,
+      "num_params": baseline.num_params,
+      "first_step_s": first_steps[variant],
+      "peak_device_bytes": baseline.peak_device_bytes(),
+      "train_loss": float(baseline.loss),
+      "ours_over_torch": ratios,
+      "ours_over_torch_median": statistics.median(ratios),
+    }
   result["process_peak_host_bytes"] = peak_host_bytes()
   return result
 
@@ -341,27 +390,38 @@ def format_table(result: dict[str, Any]) -> str:
   device = result["device"]
   ours = result[OURS]
   lines = [
-      f"{result['net']} ({result['num_params']:,} params) | batch {result['batch_size']} | "
-      f"{result['dtype']} | {result['parallelism']} on {device['count']} x {device['kind']} | "
-      f"{result['steps_per_dispatch']} step(s)/dispatch | {result['num_seeds']} seed(s) | {result['windows']} windows x "
-      f"{result['steps_per_window']} steps | {result['data']} data"]
+    f"{result['net']} ({result['num_params']:,} params) | batch {result['batch_size']} | "
+    f"{result['dtype']} | {result['parallelism']} on {device['count']} x {device['kind']} | "
+    f"{result['steps_per_dispatch']} step(s)/dispatch | {result['num_seeds']} seed(s) | {result['windows']} windows x "
+    f"{result['steps_per_window']} steps | {result['data']} data"
+  ]
   rows = [(f"{OURS} images/s", ours)] + [(f"torch {v} images/s", t) for v, t in result["torch"].items()]
-  ratio_rows = [(f"  ours / torch {v}", t["ours_over_torch"], t["ours_over_torch_median"])
-                for v, t in result["torch"].items()]
+  ratio_rows = [
+    (f"  ours / torch {v}", t["ours_over_torch"], t["ours_over_torch_median"]) for v, t in result["torch"].items()
+  ]
   label_width, width = max(len(label) for label, *_ in rows + ratio_rows) + 2, 10
-  lines.append(f"{'':<{label_width}}" + "".join(f"{f'window {i + 1}':>{width}}" for i in range(result["windows"]))
-               + f"{'median':>{width}}{'ms/step':>{width}}")
+  lines.append(
+    f"{'':<{label_width}}"
+    + "".join(f"{f'window {i + 1}':>{width}}" for i in range(result["windows"]))
+    + f"{'median':>{width}}{'ms/step':>{width}}"
+  )
   for label, side in rows:
-    lines.append(f"{label:<{label_width}}" + "".join(f"{w['images_per_sec']:>{width}.1f}" for w in side["windows"])
-                 + f"{side['images_per_sec']:>{width}.1f}{side['ms_per_step']:>{width}.1f}")
+    lines.append(
+      f"{label:<{label_width}}"
+      + "".join(f"{w['images_per_sec']:>{width}.1f}" for w in side["windows"])
+      + f"{side['images_per_sec']:>{width}.1f}{side['ms_per_step']:>{width}.1f}"
+    )
   for label, ratios, median in ratio_rows:
     lines.append(f"{label:<{label_width}}" + "".join(f"{r:>{width}.3f}" for r in ratios) + f"{median:>{width}.3f}")
   lines.append(
-      f"start-up {result['startup_s']:.1f}s (+ imports {result['import_s']:.1f}s) | first dispatch "
-      f"{ours['first_dispatch_s']:.1f}s, of which compilation ~{ours['compile_s']:.1f}s | peak host memory "
-      f"{format_bytes(ours['peak_host_bytes'])} | peak device memory {format_bytes(ours['peak_device_bytes'])}")
-  lines.append(f"projected {result['total_steps']:,} steps at the median: "
-               f"{writers.format_duration(result['projected_total_s'])} (train steps only)")
+    f"start-up {result['startup_s']:.1f}s (+ imports {result['import_s']:.1f}s) | first dispatch "
+    f"{ours['first_dispatch_s']:.1f}s, of which compilation ~{ours['compile_s']:.1f}s | peak host memory "
+    f"{format_bytes(ours['peak_host_bytes'])} | peak device memory {format_bytes(ours['peak_device_bytes'])}"
+  )
+  lines.append(
+    f"projected {result['total_steps']:,} steps at the median: "
+    f"{writers.format_duration(result['projected_total_s'])} (train steps only)"
+  )
   return "\n".join(lines)
 
 

@@ -24,19 +24,13 @@ import os
 import time
 from typing import Any
 
-import ml_collections
-import numpy as np
 from absl import app, flags
+import ml_collections
 from ml_collections import config_flags
+import numpy as np
 
 from benchmarks import bench
-from depthlab import checkpoints
-from depthlab import cli
-from depthlab import collapse
-from depthlab import naming
-from depthlab import state
-from depthlab import validation
-from depthlab import writers
+from depthlab import checkpoints, cli, collapse, naming, state, validation, writers
 from nets import cpu_conv
 
 EARLY_STEPS = 20  # the window in which the paper's recipe blows up (largest loss over steps 1-20)
@@ -46,13 +40,15 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  config_flags.DEFINE_config_file("config", "configs/default.py", "The recipe; depth and residual are set per net.",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "The recipe; depth and residual are set per net.", lock_config=True
+  )
   flags.DEFINE_list("depths", ["20", "56", "110"], "Depths to train (6n+2).")
   flags.DEFINE_list("residual", ["false", "true"], "Plain (false), residual (true) or both.")
   flags.DEFINE_integer("steps", 60, "Train steps per net.")
-  flags.DEFINE_string("out", "runs/early_training/default.jsonl",
-                      "JSON lines, one per net: its curves; nets already there are skipped.")
+  flags.DEFINE_string(
+    "out", "runs/early_training/default.jsonl", "JSON lines, one per net: its curves; nets already there are skipped."
+  )
   flags.DEFINE_string("plot", None, "Also draw the training losses of every net in --out into this image file.")
   flags.DEFINE_string("plot_title", "", "What the figure's panels say the recipe is, e.g. 'lr 0.1 from step 1'.")
 
@@ -84,17 +80,24 @@ def train_curves(config: ml_collections.ConfigDict, steps: int) -> dict[str, np.
     errors.append(np.reshape(metrics["train_error"], -1))
     if step % 10 == 0 or step == steps:
       elapsed = time.perf_counter() - start
-      print(f"  {naming.net_name(config)} step {step}/{steps}: loss {np.mean(losses[-1]):.3f} | "
-            f"ETA {writers.format_duration(elapsed / step * (steps - step))}", flush=True)
+      print(
+        f"  {naming.net_name(config)} step {step}/{steps}: loss {np.mean(losses[-1]):.3f} | "
+        f"ETA {writers.format_duration(elapsed / step * (steps - step))}",
+        flush=True,
+      )
   return {"loss": np.array(losses), "error": np.array(errors)}
 
 
 def run_summary(loss: np.ndarray, error: np.ndarray, num_classes: int = 10) -> dict[str, Any]:
   """One seed's figures from its per-step curves."""
   last_loss, last_error = float(loss[-LAST_STEPS:].mean()), float(error[-LAST_STEPS:].mean())
-  return {"initial_loss": float(loss[0]), "max_early_loss": float(loss[:EARLY_STEPS].max()),
-          "last_loss": last_loss, "last_error": last_error,
-          "at_chance": collapse.at_chance(last_loss, last_error, num_classes)}
+  return {
+    "initial_loss": float(loss[0]),
+    "max_early_loss": float(loss[:EARLY_STEPS].max()),
+    "last_loss": last_loss,
+    "last_error": last_error,
+    "at_chance": collapse.at_chance(last_loss, last_error, num_classes),
+  }
 
 
 def read_results(path: str) -> list[dict[str, Any]]:
@@ -106,19 +109,25 @@ def read_results(path: str) -> list[dict[str, Any]]:
 
 def format_table(results: list[dict[str, Any]]) -> str:
   """A Markdown table: one row per net and seed."""
-  rows = [f"| net | seed | loss at init | max loss, steps 1-{EARLY_STEPS} | loss, last {LAST_STEPS} steps "
-          f"| train error, last {LAST_STEPS} steps | at chance |", "|---|---|---|---|---|---|---|"]
+  rows = [
+    f"| net | seed | loss at init | max loss, steps 1-{EARLY_STEPS} | loss, last {LAST_STEPS} steps "
+    f"| train error, last {LAST_STEPS} steps | at chance |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for result in results:
     loss, error = np.array(result["loss"]), np.array(result["error"])
     for i, seed in enumerate(result["seeds"]):
       s = run_summary(loss[:, i], error[:, i])
-      rows.append(f"| {result['net']} | {seed} | {s['initial_loss']:.2f} | {s['max_early_loss']:.2f} | "
-                  f"{s['last_loss']:.2f} | {100 * s['last_error']:.1f}% | {'**yes**' if s['at_chance'] else 'no'} |")
+      rows.append(
+        f"| {result['net']} | {seed} | {s['initial_loss']:.2f} | {s['max_early_loss']:.2f} | "
+        f"{s['last_loss']:.2f} | {100 * s['last_error']:.1f}% | {'**yes**' if s['at_chance'] else 'no'} |"
+      )
   return "\n".join(rows)
 
 
-def measure(base: ml_collections.ConfigDict, nets_to_train: list[tuple[int, bool]], steps: int,
-            out: str) -> list[dict[str, Any]]:
+def measure(
+  base: ml_collections.ConfigDict, nets_to_train: list[tuple[int, bool]], steps: int, out: str
+) -> list[dict[str, Any]]:
   """The curves of each (depth, residual) net: read from `out` where it holds them for the same
   config and steps, else trained and appended to it."""
   done = read_results(out)
@@ -133,8 +142,14 @@ def measure(base: ml_collections.ConfigDict, nets_to_train: list[tuple[int, bool
       continue
     print(f"{naming.net_name(config)}: {steps} steps of seeds {state.seeds(config)}", flush=True)
     curves = train_curves(config, steps)
-    result = {"net": naming.net_name(config), "seeds": state.seeds(config), "steps": steps,
-              "config": as_json(config), "loss": curves["loss"].tolist(), "error": curves["error"].tolist()}
+    result = {
+      "net": naming.net_name(config),
+      "seeds": state.seeds(config),
+      "steps": steps,
+      "config": as_json(config),
+      "loss": curves["loss"].tolist(),
+      "error": curves["error"].tolist(),
+    }
     with open(out, "a") as f:
       f.write(json.dumps(result) + "\n")
     results.append(result)
@@ -144,17 +159,25 @@ def measure(base: ml_collections.ConfigDict, nets_to_train: list[tuple[int, bool
 def draw_losses(results: list[dict[str, Any]], title: str) -> Any:
   """Each seed's training loss per step, plain nets left and residual right, a colour per depth."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")  # files only: works without a display
-  from matplotlib import pyplot as plt, ticker  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker
+
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
   colours = dict(zip(sorted({r["config"]["model"]["depth"] for r in results}), plt.get_cmap("tab10").colors))
   for ax, residual in zip(axes, (False, True)):
     for result in (r for r in results if r["config"]["model"]["residual"] == residual):
       loss = np.array(result["loss"])
       steps = np.arange(1, len(loss) + 1)
-      for i, seed in enumerate(result["seeds"]):
-        ax.plot(steps, loss[:, i], color=colours[result["config"]["model"]["depth"]], linewidth=1,
-                label=result["net"] if i == 0 else None)
+      for i in range(len(result["seeds"])):
+        ax.plot(
+          steps,
+          loss[:, i],
+          color=colours[result["config"]["model"]["depth"]],
+          linewidth=1,
+          label=result["net"] if i == 0 else None,
+        )
     ax.axhline(math.log(10), color="grey", linestyle=":", linewidth=1, label="chance (ln 10)")
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(ticker.FixedLocator([1, 1.5, 2, 2.5, 3, 5, 10, 20, 50, 100]))

@@ -10,8 +10,8 @@ is under its estimate, and each writes its JSON and a fresh summary.md the momen
 ends: a check cut short keeps everything it measured.
 
 Under $OUT: env.txt, wheels.log, tests.log, bench.log, bench/<run>.json, summary.md,
-results.json (every run's JSON in one list), summary.log, check.log (what ran, when, how it ended). Only the standard library is imported here:
-the wheels that benchmarks/bench.py needs are installed by the check itself.
+results.json (every run's JSON in one list), summary.log, check.log (what ran, when, how it ended).
+Only the standard library is imported here: the wheels that benchmarks/bench.py needs are installed by the check itself.
 """
 
 import argparse
@@ -33,17 +33,18 @@ WINDOWS, STEPS_PER_WINDOW, WARMUP_S = 5, 50, 3.0
 # One-device tests that exercise what a GPU changes: convolutions (patches vs lax at the
 # 'highest' precision), the data order, the train loop and the bench itself.
 TESTS = [
-    "tests/test_cpu_conv.py::test_gradients_by_patches_equal_lax",
-    "tests/test_cpu_conv.py::test_the_nets_convolutions_are_cpu_conv_s_through_flax_s_current_field",
-    "tests/test_input_pipeline.py::test_batches_read_from_the_epochs_orders_are_today_s",
-    "tests/test_train.py::test_dispatches_read_each_seed_s_batches_from_orders_computed_once_per_epoch",
-    "tests/test_bench.py::test_bench_writes_json_with_the_expected_keys_and_positive_figures",
+  "tests/test_cpu_conv.py::test_gradients_by_patches_equal_lax",
+  "tests/test_cpu_conv.py::test_the_nets_convolutions_are_cpu_conv_s_through_flax_s_current_field",
+  "tests/test_input_pipeline.py::test_batches_read_from_the_epochs_orders_are_today_s",
+  "tests/test_train.py::test_dispatches_read_each_seed_s_batches_from_orders_computed_once_per_epoch",
+  "tests/test_bench.py::test_bench_writes_json_with_the_expected_keys_and_positive_figures",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchRun:
   """One benchmarks/bench.py run; `compile_s` and `ms_per_step` are guesses for an H100/H200-class GPU."""
+
   depth: int
   dtype: str = "float32"
   dispatch: int = 1
@@ -57,11 +58,19 @@ class BenchRun:
     return f"resnet{self.depth}-{self.dtype}-x{self.dispatch}{seeds}" + ("-torch" if self.torch else "")
 
   def args(self, out_dir: str) -> list[str]:
-    return [f"--config={REPO}/configs/resnet{self.depth}.py", "--config.batch_size=128",
-            f"--config.dtype={self.dtype}", f"--config.steps_per_dispatch={self.dispatch}",
-            f"--config.num_seeds={self.seeds}", f"--config.seed_batching={self.seed_batching}",
-            f"--windows={WINDOWS}", f"--steps_per_window={STEPS_PER_WINDOW}", f"--warmup_seconds={WARMUP_S}",
-            f"--torch={'fp32' if self.torch else 'none'}", f"--out={out_dir}/bench/{self.name}.json"]
+    return [
+      f"--config={REPO}/configs/resnet{self.depth}.py",
+      "--config.batch_size=128",
+      f"--config.dtype={self.dtype}",
+      f"--config.steps_per_dispatch={self.dispatch}",
+      f"--config.num_seeds={self.seeds}",
+      f"--config.seed_batching={self.seed_batching}",
+      f"--windows={WINDOWS}",
+      f"--steps_per_window={STEPS_PER_WINDOW}",
+      f"--warmup_seconds={WARMUP_S}",
+      f"--torch={'fp32' if self.torch else 'none'}",
+      f"--out={out_dir}/bench/{self.name}.json",
+    ]
 
   def estimate_s(self) -> float:
     """Start-up, compilation, warm-up and windows (PyTorch's three variants alike)."""
@@ -79,20 +88,20 @@ class BenchRun:
 # per dispatch, 4 seeds in one step), every depth, bfloat16, the seeds' loop (it
 # compiles 4 nets), then one step per dispatch for the rest.
 BENCH_RUNS = [
-    BenchRun(56, torch=True),
-    BenchRun(56, dispatch=10),
-    BenchRun(56, dispatch=10, seeds=4, seed_batching="vmap"),
-    BenchRun(110, dispatch=10),
-    BenchRun(20, dispatch=10),
-    BenchRun(56, "bfloat16", dispatch=10),
-    BenchRun(56, dispatch=10, seeds=4, seed_batching="loop"),
-    BenchRun(110, "bfloat16", dispatch=10),
-    BenchRun(20, "bfloat16", dispatch=10),
-    BenchRun(56, "bfloat16"),
-    BenchRun(110),
-    BenchRun(20),
-    BenchRun(110, "bfloat16"),
-    BenchRun(20, "bfloat16"),
+  BenchRun(56, torch=True),
+  BenchRun(56, dispatch=10),
+  BenchRun(56, dispatch=10, seeds=4, seed_batching="vmap"),
+  BenchRun(110, dispatch=10),
+  BenchRun(20, dispatch=10),
+  BenchRun(56, "bfloat16", dispatch=10),
+  BenchRun(56, dispatch=10, seeds=4, seed_batching="loop"),
+  BenchRun(110, "bfloat16", dispatch=10),
+  BenchRun(20, "bfloat16", dispatch=10),
+  BenchRun(56, "bfloat16"),
+  BenchRun(110),
+  BenchRun(20),
+  BenchRun(110, "bfloat16"),
+  BenchRun(20, "bfloat16"),
 ]
 
 
@@ -107,26 +116,52 @@ class Stage:
 
 def stages(out: str, wheels: str, python: str = sys.executable) -> list[Stage]:
   """The check's stages in order; the bench stage's runs are `BENCH_RUNS`."""
-  env_report = "; ".join([
+  env_report = "; ".join(
+    [
       "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true",
-      f"{python} --version", "uname -a", "nproc", "free -g",
-      f"{python} -m pip list 2>/dev/null | grep -i -E 'jax|flax|optax|orbax|torch|numpy|nvidia-cudnn|protobuf' || true"])
-  install = (f"ls {wheels}/*.whl >/dev/null 2>&1 || {{ echo 'no wheels in {wheels}: using the image as it is'; exit 0; }}; "
-             f"{python} -m pip install --no-index --no-deps --quiet --target {SITE} {wheels}/*.whl")
-  imports = (f"{python} -c \"import jax; print('jax', jax.__version__, jax.devices()); from benchmarks import bench; "
-             "print('bench imports')\"")
+      f"{python} --version",
+      "uname -a",
+      "nproc",
+      "free -g",
+      f"{python} -m pip list 2>/dev/null | grep -i -E 'jax|flax|optax|orbax|torch|numpy|nvidia-cudnn|protobuf' || true",
+    ]
+  )
+  install = (
+    f"ls {wheels}/*.whl >/dev/null 2>&1 || {{ echo 'no wheels in {wheels}: using the image as it is'; exit 0; }}; "
+    f"{python} -m pip install --no-index --no-deps --quiet --target {SITE} {wheels}/*.whl"
+  )
+  imports = (
+    f"{python} -c \"import jax; print('jax', jax.__version__, jax.devices()); from benchmarks import bench; "
+    "print('bench imports')\""
+  )
   return [
-      Stage("env", 10, 30, ["bash", "-c", env_report], "env.txt"),
-      Stage("wheels", 15, 60, ["bash", "-c", install], "wheels.log"),
-      Stage("imports", 10, 60, ["bash", "-c", imports], "env.txt"),
-      Stage("tests", 45, 90, [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS], "tests.log"),
-      Stage("bench", sum(r.estimate_s() for r in BENCH_RUNS), BUDGET_S,
-            [python, "-m", "benchmarks.gpu_check", "--bench_runs", f"--out={out}"], "bench.log"),
-      # Replaces the bench runs' own summary.md only when it has a table: with the device and sorted.
-      Stage("summary", 5, 30, ["bash", "-c", (
+    Stage("env", 10, 30, ["bash", "-c", env_report], "env.txt"),
+    Stage("wheels", 15, 60, ["bash", "-c", install], "wheels.log"),
+    Stage("imports", 10, 60, ["bash", "-c", imports], "env.txt"),
+    Stage("tests", 45, 90, [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS], "tests.log"),
+    Stage(
+      "bench",
+      sum(r.estimate_s() for r in BENCH_RUNS),
+      BUDGET_S,
+      [python, "-m", "benchmarks.gpu_check", "--bench_runs", f"--out={out}"],
+      "bench.log",
+    ),
+    # Replaces the bench runs' own summary.md only when it has a table: with the device and sorted.
+    Stage(
+      "summary",
+      5,
+      30,
+      [
+        "bash",
+        "-c",
+        (
           f"ls {out}/bench/*.json >/dev/null 2>&1 || {{ echo 'no bench run finished'; exit 1; }}; "
           f"{python} -m benchmarks.bench_table {out}/bench/*.json --combined={out}/results.json "
-          f"> {out}/summary.tmp && mv {out}/summary.tmp {out}/summary.md")], "summary.log"),
+          f"> {out}/summary.tmp && mv {out}/summary.tmp {out}/summary.md"
+        ),
+      ],
+      "summary.log",
+    ),
   ]
 
 
@@ -192,9 +227,13 @@ def run_benches(out: str, deadline: float) -> None:
   """BENCH_RUNS in this process, each while its estimate fits before `deadline` (time.time())."""
   sys.path.insert(0, REPO)
   from nets import cpu_conv  # pylint: disable=g-import-not-at-top
+
   cpu_conv.use_fast_xla_cpu_flags()
-  from benchmarks import bench  # pylint: disable=g-import-not-at-top
-  from benchmarks import bench_table  # pylint: disable=g-import-not-at-top
+  from benchmarks import (
+    bench,  # pylint: disable=g-import-not-at-top
+    bench_table,  # pylint: disable=g-import-not-at-top
+  )
+
   os.makedirs(os.path.join(out, "bench"), exist_ok=True)
   results, runs = [], BENCH_RUNS
   if importlib.util.find_spec("torch") is None:
@@ -216,8 +255,11 @@ def run_benches(out: str, deadline: float) -> None:
       with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(bench_table.markdown_table(results) + "\n\n")
         f.write("\n".join(f"- {line}" for line in bench_table.key_ratios(results)) + "\n")
-      log(out, f"bench {run.name}: done in {time.perf_counter() - start:.0f} s "
-               f"({result[bench.OURS]['ms_per_step']:.2f} ms/step, compile {result[bench.OURS]['compile_s']:.0f} s)")
+      log(
+        out,
+        f"bench {run.name}: done in {time.perf_counter() - start:.0f} s "
+        f"({result[bench.OURS]['ms_per_step']:.2f} ms/step, compile {result[bench.OURS]['compile_s']:.0f} s)",
+      )
     except Exception:  # pylint: disable=broad-except
       traceback.print_exc()
       log(out, f"bench {run.name}: failed after {time.perf_counter() - start:.0f} s (traceback in bench.log)")

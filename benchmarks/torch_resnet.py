@@ -14,16 +14,17 @@ benchmarks/bench.py runs this side in a process of its own, `python -m benchmark
 which builds one variant and times its steps on request (`serve`, below).
 """
 
+from collections.abc import Callable
 import contextlib
 import json
 import os
 import sys
 import time
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from nets.cifar_resnet import SHORTCUTS, STAGE_WIDTHS, blocks_per_stage
 
@@ -49,7 +50,7 @@ class ShortcutA(nn.Module):
     self.out_channels, self.stride = out_channels, stride
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    x = x[:, :, ::self.stride, ::self.stride]
+    x = x[:, :, :: self.stride, :: self.stride]
     return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - x.shape[1]))
 
 
@@ -66,8 +67,9 @@ class BasicBlock(nn.Module):
     elif shortcut == "A":
       self.shortcut = ShortcutA(out_channels, stride)
     else:
-      self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                                    batch_norm(out_channels))
+      self.shortcut = nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), batch_norm(out_channels)
+      )
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     y = F.relu(self.bn1(self.conv1(x)))
@@ -108,27 +110,28 @@ def count_params(model: nn.Module) -> int:
   return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def create_optimizer(model: nn.Module, learning_rate: float, momentum: float,
-                     weight_decay: float) -> torch.optim.SGD:
+def create_optimizer(model: nn.Module, learning_rate: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
   """The paper's SGD: momentum without Nesterov, weight decay added to the gradient (as ours)."""
-  return torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum,
-                         weight_decay=weight_decay, nesterov=False)
+  return torch.optim.SGD(
+    model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=False
+  )
 
 
-def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
-                    autocast_dtype: torch.dtype | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_train_step(
+  model: nn.Module, optimizer: torch.optim.Optimizer, autocast_dtype: torch.dtype | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
   """A function (images, labels) -> loss that takes one SGD step, under autocast to `autocast_dtype` if given."""
   device_type = next(model.parameters()).device.type
 
   def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     optimizer.zero_grad(set_to_none=True)
-    autocast = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype
-                else contextlib.nullcontext())
+    autocast = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with autocast:
       loss = F.cross_entropy(model(images), labels)
     loss.backward()
     optimizer.step()
     return loss.detach()
+
   return step
 
 
@@ -142,9 +145,21 @@ class TimedStep:
   pipeline: its batch is made once, where benchmarks/bench.py's is gathered and augmented every step.
   """
 
-  def __init__(self, depth: int, residual: bool, shortcut: str, num_classes: int, batch_size: int,
-               learning_rate: float, momentum: float, weight_decay: float, seed: int,
-               channels_last: bool, bf16: bool, gpu: bool):
+  def __init__(
+    self,
+    depth: int,
+    residual: bool,
+    shortcut: str,
+    num_classes: int,
+    batch_size: int,
+    learning_rate: float,
+    momentum: float,
+    weight_decay: float,
+    seed: int,
+    channels_last: bool,
+    bf16: bool,
+    gpu: bool,
+  ):
     self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     torch.manual_seed(seed)

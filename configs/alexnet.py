@@ -10,7 +10,8 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.model = ml_collections.ConfigDict(
-      {"name": "alexnet", "grouped": True, "cifar_stem": True, "classifier_width": 1024})
+    {"name": "alexnet", "grouped": True, "cifar_stem": True, "classifier_width": 1024}
+  )
   config.learning_rate = 0.01
   config.weight_decay = 5e-4
   return config

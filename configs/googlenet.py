@@ -10,5 +10,6 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.model = ml_collections.ConfigDict(
-      {"name": "googlenet", "aux_heads": True, "batch_norm": True, "cifar_stem": True})
+    {"name": "googlenet", "aux_heads": True, "batch_norm": True, "cifar_stem": True}
+  )
   return config

@@ -10,6 +10,7 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.model = ml_collections.ConfigDict(
-      {"name": "lenet5", "sparse_c3": False, "trainable_pooling": False, "rbf_output": False})
+    {"name": "lenet5", "sparse_c3": False, "trainable_pooling": False, "rbf_output": False}
+  )
   config.learning_rate = 0.01
   return config

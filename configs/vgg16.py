@@ -9,7 +9,6 @@ from configs import default
 
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.model = ml_collections.ConfigDict(
-      {"name": "vgg16", "batch_norm": True, "classifier_width": 512})
+  config.model = ml_collections.ConfigDict({"name": "vgg16", "batch_norm": True, "classifier_width": 512})
   config.weight_decay = 5e-4
   return config

@@ -7,26 +7,35 @@ final metrics (final.json) once the final evaluation is done. Everything else a 
 run needs is a function of the step: the data order, the augmentation and the learning rate.
 """
 
+from collections.abc import Callable
 import hashlib
 import json
 import os
 import shutil
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from depthlab import parallel
-from depthlab import writers
 from configs import default
+from depthlab import parallel, writers
 
 # The fields a run cannot change when it resumes: they change the model or the data.
-MUST_MATCH = ("model.", "dataset.name", "dataset.validation_size", "dataset.crop_padding",
-              "dataset.random_flip", "batch_size", "seed", "num_seeds", "dtype")
+MUST_MATCH = (
+  "model.",
+  "dataset.name",
+  "dataset.validation_size",
+  "dataset.crop_padding",
+  "dataset.random_flip",
+  "batch_size",
+  "seed",
+  "num_seeds",
+  "dtype",
+)
 
 
 class ConfigMismatchError(ValueError):
@@ -63,8 +72,11 @@ def verify(state: Any, record: dict[str, Any]) -> None:
   saved = record.get("fingerprint")  # None: saved before checkpoints carried one
   if saved is not None and fingerprint(state) != saved:
     raise CorruptCheckpointError("its contents differ from the fingerprint saved with it")
-  bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(state)
-         if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.isfinite(leaf).all()]
+  bad = [
+    jax.tree_util.keystr(path)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+    if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.isfinite(leaf).all()
+  ]
   if bad:  # training saves only finite states (train.py checks before each save)
     raise CorruptCheckpointError(f"it holds NaN or infinite values in {', '.join(bad[:3])}")
 
@@ -80,8 +92,13 @@ def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def _merged(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
-  return {**defaults, **{k: _merged(defaults[k], v) if isinstance(v, dict) and isinstance(defaults.get(k), dict)
-                         else v for k, v in saved.items()}}
+  return {
+    **defaults,
+    **{
+      k: _merged(defaults[k], v) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
+      for k, v in saved.items()
+    },
+  }
 
 
 def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
@@ -105,9 +122,9 @@ class Checkpoints:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     try:
       self._manager = ocp.CheckpointManager(
-          self.directory,
-          options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=True))
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
+      )
     except OSError as e:
       raise writers.storage_error("checkpoints", self.directory, e) from e
 
@@ -131,8 +148,9 @@ class Checkpoints:
     """Starts writing `state` in the background; the arrays are copied before it returns."""
     record = {**record, "fingerprint": fingerprint(state)}
     try:
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
+      self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True
+      )
     except Exception as e:  # pylint: disable=broad-except
       raise self._storage_error(step, e) from e
 
@@ -151,9 +169,13 @@ class Checkpoints:
         raise writers.storage_error(f"the final metrics of step {step}", path, e) from e
     parallel.sync_processes(f"final_{step}")
 
-  def restore(self, template: Any, step: int | None = None,
-              check: Callable[[dict[str, Any]], None] = lambda record: None,
-              set_aside: bool = True) -> tuple[int, Any, dict[str, Any]] | None:
+  def restore(
+    self,
+    template: Any,
+    step: int | None = None,
+    check: Callable[[dict[str, Any]], None] = lambda record: None,
+    set_aside: bool = True,
+  ) -> tuple[int, Any, dict[str, Any]] | None:
     """(step, state, record) of `step`, else of the newest checkpoint that reads back intact.
 
     `template` is a state of numpy arrays with the right structure; the result is numpy
@@ -170,22 +192,29 @@ class Checkpoints:
       try:
         record = self.record(candidate)
         check(record)
-        state = self._manager.restore(
-            candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(template)))["state"]
+        state = self._manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(template)))[
+          "state"
+        ]
         verify(state, record)
         return candidate, state, record
       except ConfigMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except
         if step is not None:
-          raise CorruptCheckpointError(f"Checkpoint of step {step} in {self.directory} is unreadable or "
-                                       f"corrupt: {type(e).__name__}: {str(e)[:300]}") from e
+          raise CorruptCheckpointError(
+            f"Checkpoint of step {step} in {self.directory} is unreadable or "
+            f"corrupt: {type(e).__name__}: {str(e)[:300]}"
+          ) from e
         problem = ("is corrupt" if isinstance(e, CorruptCheckpointError) else "is unreadable") + (
-            f" ({type(e).__name__}: {str(e)[:200]})")
+          f" ({type(e).__name__}: {str(e)[:200]})"
+        )
         if set_aside:
           problem += f"; moved to {self._move_aside(candidate)}"
-        print(f"Checkpoint of step {candidate} in {self.directory} {problem}; trying the one before.",
-              file=sys.stderr, flush=True)
+        print(
+          f"Checkpoint of step {candidate} in {self.directory} {problem}; trying the one before.",
+          file=sys.stderr,
+          flush=True,
+        )
     return None
 
   def _move_aside(self, step: int) -> str:

@@ -2,18 +2,16 @@
 user's mistake ends a command: one message, no traceback, exit code 2 for a config or
 command-line mistake and 1 for a run that could not go on."""
 
+from collections.abc import Iterator
 import contextlib
 import os
 import sys
-from typing import Iterator
 
-import ml_collections
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
 
-from depthlab import checkpoints
-from depthlab import validation
-from depthlab import writers
+from depthlab import checkpoints, validation, writers
 from depthlab.collapse import TrainingCollapsed
 from depthlab.naming import default_workdir
 
@@ -29,12 +27,23 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None =
 
   `argv` (the whole command line) replaces sys.argv as the source of config overrides.
   """
-  config_flags.DEFINE_config_file("config", None, "A config file from configs/, e.g. configs/resnet56.py.",
-                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "Where the run writes (config.json, metrics.jsonl, checkpoints, "
-                      "wandb). Default: runs/<experiment>/<run name>.", flag_values=flag_values)
-  flags.DEFINE_bool("debug", False, "Show the Python traceback of a config or storage error too.",
-                    flag_values=flag_values)
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "A config file from configs/, e.g. configs/resnet56.py.",
+    flag_values=flag_values,
+    lock_config=True,
+    sys_argv=argv,
+  )
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Where the run writes (config.json, metrics.jsonl, checkpoints, wandb). Default: runs/<experiment>/<run name>.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+    "debug", False, "Show the Python traceback of a config or storage error too.", flag_values=flag_values
+  )
   flags.mark_flags_as_required(["config"], flag_values=flag_values)
 
 
@@ -49,8 +58,10 @@ def command_line_problem(error: Exception, args: list[str]) -> str:
   if isinstance(error, AttributeError) and error.args and isinstance(error.args[0], KeyError):
     error = error.args[0]  # a top-level field that does not exist: --config.data_dir
   if isinstance(error, OSError) and config_file and not os.path.isfile(config_file):
-    return (f"--config={config_file}: no such config file; give one of configs/*.py, e.g. "
-            "--config=configs/resnet56.py (paths are relative to where you run).")
+    return (
+      f"--config={config_file}: no such config file; give one of configs/*.py, e.g. "
+      "--config=configs/resnet56.py (paths are relative to where you run)."
+    )
   if isinstance(error, KeyError):  # ml_collections: "'modle'\nDid you mean ..."
     key, _, hint = str(error.args[0]).partition("\n")
     culprit = next((a for a in args if f".{key.strip(chr(39))}" in a.split("=")[0]), "--config.*")
@@ -105,5 +116,9 @@ def user_errors_as_messages(debug: bool = False, also: tuple[type[BaseException]
 
 
 # Errors whose message says what to do, besides USER_ERRORS: printed without a traceback.
-RUN_ERRORS = (checkpoints.ConfigMismatchError, checkpoints.CorruptCheckpointError, FloatingPointError,
-              TrainingCollapsed)
+RUN_ERRORS = (
+  checkpoints.ConfigMismatchError,
+  checkpoints.CorruptCheckpointError,
+  FloatingPointError,
+  TrainingCollapsed,
+)

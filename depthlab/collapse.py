@@ -8,7 +8,6 @@ import ml_collections
 from depthlab.naming import run_name
 from depthlab.state import seeds
 
-
 CHANCE_LOSS_MARGIN = 0.03  # a dead net's loss sits this close to ln(num_classes) ...
 CHANCE_ERROR_MARGIN = 0.03  # ... and its error this close to 1 - 1/num_classes (it predicts one class)
 
@@ -16,8 +15,7 @@ CHANCE_ERROR_MARGIN = 0.03  # ... and its error this close to 1 - 1/num_classes 
 def at_chance(loss: float, error: float, num_classes: int) -> bool:
   """True if a training loss and error are those of a net that has stopped learning:
   uniform (or constant) predictions give loss ln(num_classes) and error 1 - 1/num_classes."""
-  return (abs(loss - math.log(num_classes)) < CHANCE_LOSS_MARGIN
-          and error > 1 - 1 / num_classes - CHANCE_ERROR_MARGIN)
+  return abs(loss - math.log(num_classes)) < CHANCE_LOSS_MARGIN and error > 1 - 1 / num_classes - CHANCE_ERROR_MARGIN
 
 
 class TrainingCollapsed(RuntimeError):
@@ -69,15 +67,18 @@ class CollapseWatch:
     return len(self.dead) == len(self.prefixes)
 
 
-def collapse_message(config: ml_collections.ConfigDict, who: list[str], first: int, step: int,
-                     line: dict[str, float], num_classes: int) -> tuple[str, str]:
+def collapse_message(
+  config: ml_collections.ConfigDict, who: list[str], first: int, step: int, line: dict[str, float], num_classes: int
+) -> tuple[str, str]:
   """The alarm's title and text: what was seen, the likely cause and the fix."""
   name = run_name(config) + (f" ({', '.join(p.rstrip('/') for p in who)})" if who != [""] else "")
   p = who[0]
   title = f"{name} is at chance: its net has stopped learning"
-  text = (f"Training loss {line[f'{p}train_loss']:.3f} (ln {num_classes} = {math.log(num_classes):.3f}) and error "
-          f"{100 * line[f'{p}train_error']:.1f}% in every log line of steps {first}-{step}, after the warm-up. "
-          "Likely cause: the first steps at the full learning rate blew the net up and left it predicting one "
-          f"class. Fix: warm up longer (--config.warmup_steps, now {config.warmup_steps}) or lower "
-          f"--config.learning_rate (now {config.learning_rate}); see README, 'The recipe'.")
+  text = (
+    f"Training loss {line[f'{p}train_loss']:.3f} (ln {num_classes} = {math.log(num_classes):.3f}) and error "
+    f"{100 * line[f'{p}train_error']:.1f}% in every log line of steps {first}-{step}, after the warm-up. "
+    "Likely cause: the first steps at the full learning rate blew the net up and left it predicting one "
+    f"class. Fix: warm up longer (--config.warmup_steps, now {config.warmup_steps}) or lower "
+    f"--config.learning_rate (now {config.learning_rate}); see README, 'The recipe'."
+  )
   return title, text

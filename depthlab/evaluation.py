@@ -9,9 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from depthlab import checkpoints
-from depthlab import parallel
-from depthlab import run_setup
+from depthlab import checkpoints, parallel, run_setup
 from depthlab.loop import make_evaluator
 from depthlab.state import TrainState
 
@@ -27,8 +25,9 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(checkpoints.with_defaults(saved))
 
 
-def evaluate_checkpoint(workdir: str, step: int | None = None, include_train: bool = False,
-                        num_devices: int = 0, data_dir: str | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+  workdir: str, step: int | None = None, include_train: bool = False, num_devices: int = 0, data_dir: str | None = None
+) -> dict[str, Any]:
   """Loss and error of a checkpoint on the test split (and the train split), as a dict."""
   config = load_run_config(workdir)
   if data_dir:
@@ -45,8 +44,9 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, include_train: bo
     restored_step, state, record = restored
     return state, {**record, "step": restored_step}
 
-  run = run_setup.set_up(config, parallel.DataParallel(config.parallelism, num_devices), restore=restore,
-                         for_training=False)
+  run = run_setup.set_up(
+    config, parallel.DataParallel(config.parallelism, num_devices), restore=restore, for_training=False
+  )
   step, dataset = run.record["step"], run.dataset
   splits = dict(dataset.eval_splits, **({"train": dataset.train} if include_train else {}))
   evaluate = make_evaluator(run.data_parallel, splits, dataset.mean_image, config)

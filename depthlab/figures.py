@@ -5,9 +5,10 @@ several seeds ran, as separate runs or as one run of config.num_seeds; their tes
 spread is a band in the figure), and, for runs with config.log_grad_norms, each block's
 gradient norm from input to output. `compare` draws and writes them all."""
 
+from collections.abc import Sequence
 import os
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +20,10 @@ PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.9
 
 def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")  # files only: works without a display
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   return plt
 
 
@@ -56,10 +59,19 @@ def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
       test_error = test_errors.mean(axis=0)
       if len(group) > 1:  # the seeds' spread: mean ± sample std
         spread = test_errors.std(axis=0, ddof=1)
-        ax.fill_between(steps, 100 * (test_error - spread), 100 * (test_error + spread), color=colour,
-                        alpha=0.2, linewidth=0)
-      ax.plot(steps, 100 * test_error, "-", color=colour, linewidth=2, marker="o" if len(steps) < 20 else None,
-              markersize=3, label=f"{net}{seeds}")
+        ax.fill_between(
+          steps, 100 * (test_error - spread), 100 * (test_error + spread), color=colour, alpha=0.2, linewidth=0
+        )
+      ax.plot(
+        steps,
+        100 * test_error,
+        "-",
+        color=colour,
+        linewidth=2,
+        marker="o" if len(steps) < 20 else None,
+        markersize=3,
+        label=f"{net}{seeds}",
+      )
     ax.set_title(PANEL_TITLES.get(panel, panel))
     ax.set_xlabel("iterations")
     ax.grid(alpha=0.3)
@@ -118,18 +130,23 @@ def _percent(values: Sequence[float]) -> str:
 
 def results_table(runs: Sequence[RunHistory]) -> str:
   """Table 6 as Markdown: per net its depth, parameters, final and best errors (%), and the paper's."""
-  rows = ["| net | depth | parameters | runs | steps | final train error (%) | final test error (%) "
-          "| best test error (%) | paper test error (%) |", "|---|---|---|---|---|---|---|---|---|"]
+  rows = [
+    "| net | depth | parameters | runs | steps | final train error (%) | final test error (%) "
+    "| best test error (%) | paper test error (%) |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for net, group in group_by_net(runs).items():
     config = group[0].config
     depth = config.model.get("depth", "")
     paper = PAPER_TEST_ERROR.get(depth) if net == f"resnet{depth}" else None
-    final = lambda key: [run.curve(key)[1][-1] for run in group]
+    final = lambda key, group=group: [run.curve(key)[1][-1] for run in group]
     best = [run.curve("test_error")[1].min() for run in group]
     params = f"{group[0].num_params / 1e6:.2f}M" if group[0].num_params else "-"
     steps = max(int(run.lines[-1]["step"]) for run in group)
-    rows.append(f"| {net} | {depth} | {params} | {len(group)} | {steps} | {_percent(final('train_error'))} | "
-                f"{_percent(final('test_error'))} | {_percent(best)} | {paper if paper else '-'} |")
+    rows.append(
+      f"| {net} | {depth} | {params} | {len(group)} | {steps} | {_percent(final('train_error'))} | "
+      f"{_percent(final('test_error'))} | {_percent(best)} | {paper if paper else '-'} |"
+    )
   return "\n".join(rows)
 
 

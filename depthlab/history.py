@@ -2,17 +2,17 @@
 workdirs or a wandb sweep, one-seed runs split out of several-seed ones, grouped by net,
 and their curves."""
 
+from collections.abc import Sequence
 import dataclasses
 import json
 import os
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
 
-from depthlab import checkpoints
-from depthlab import writers
+from depthlab import checkpoints, writers
 from depthlab.evaluation import load_run_config
 from depthlab.naming import net_name
 from depthlab.state import seeds
@@ -21,6 +21,7 @@ from depthlab.state import seeds
 @dataclasses.dataclass
 class RunHistory:
   """One run's config and metrics lines, from its workdir or from wandb."""
+
   config: ml_collections.ConfigDict
   lines: list[dict[str, float]]  # ordered by step
   num_params: int | None = None
@@ -55,8 +56,10 @@ def split_seeds(run: RunHistory) -> list[RunHistory]:
     prefix = f"seed{seed}/"
     one = ml_collections.ConfigDict(config.to_dict())
     one.seed, one.num_seeds = seed, 1
-    lines = [{"step": line["step"], **{k[len(prefix):]: v for k, v in line.items() if k.startswith(prefix)}}
-             for line in run.lines]
+    lines = [
+      {"step": line["step"], **{k[len(prefix) :]: v for k, v in line.items() if k.startswith(prefix)}}
+      for line in run.lines
+    ]
     runs.append(RunHistory(one, lines, run.num_params, f"{run.source} ({prefix[:-1]})"))
   return runs
 
@@ -77,13 +80,19 @@ def load_local_runs(path: str) -> list[RunHistory]:
 def load_wandb_sweep(sweep_path: str) -> list[RunHistory]:
   """The runs of a wandb sweep ('entity/project/sweep_id'), read through the public API."""
   import wandb  # pylint: disable=g-import-not-at-top
+
   runs = []
   for run in wandb.Api().sweep(sweep_path).runs:
     config = train_config_of(run.config)
-    lines = [{k: v for k, v in row.items() if isinstance(v, (int, float)) and not k.startswith("_")}
-             | {"step": row["_step"]} for row in run.scan_history()]
-    runs.append(RunHistory(config, sorted(lines, key=lambda line: line["step"]),
-                           run.summary.get("num_params"), f"wandb:{run.path}"))
+    lines = [
+      {k: v for k, v in row.items() if isinstance(v, (int, float)) and not k.startswith("_")} | {"step": row["_step"]}
+      for row in run.scan_history()
+    ]
+    runs.append(
+      RunHistory(
+        config, sorted(lines, key=lambda line: line["step"]), run.summary.get("num_params"), f"wandb:{run.path}"
+      )
+    )
   return runs
 
 
@@ -93,7 +102,7 @@ def train_config_of(wandb_config: dict[str, Any]) -> ml_collections.ConfigDict:
   saved = {}
   for key, value in wandb_config.items():
     if key.startswith("config.") and not isinstance(value, dict):
-      *parents, name = key[len("config."):].split(".")
+      *parents, name = key[len("config.") :].split(".")
       fields = saved
       for parent in parents:
         fields = fields.setdefault(parent, {})

@@ -17,12 +17,13 @@ All of it is a pure function of (key, step), so the data order does not depend o
 number of devices or hosts, and a resumed run sees the same batches.
 """
 
+from collections.abc import Callable
 import dataclasses
 import hashlib
 import os
 import socket
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,7 @@ class DataNotFoundError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Split:
   """One split in host memory: uint8 images [N, H, W, C] and int32 labels [N]."""
+
   images: np.ndarray
   labels: np.ndarray
 
@@ -53,6 +55,7 @@ class Split:
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """What a run trains and evaluates on."""
+
   train: Split
   eval_splits: dict[str, Split]  # "test", and "val" when a validation split is held out
   mean_image: np.ndarray  # float32 in [0, 1]: per-pixel mean of `train` [H, W, C], or per channel [C]
@@ -69,8 +72,10 @@ def resolve_data_dir(data_dir: str | None) -> str:
 
 
 def prepare_command(name: str, data_dir: str) -> str:
-  return (f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
-          f"data_dir='{data_dir}').download_and_prepare(file_format='array_record')\"")
+  return (
+    f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
+    f"data_dir='{data_dir}').download_and_prepare(file_format='array_record')\""
+  )
 
 
 def _host_reachable(host: str, timeout: float = 5.0) -> bool:
@@ -83,12 +88,13 @@ def _host_reachable(host: str, timeout: float = 5.0) -> bool:
 
 def _missing_data_message(name: str, data_dir: str, why: str) -> str:
   return (
-      f"Dataset {name!r} is not prepared in {data_dir} and {why}.\n"
-      f"  - If a prepared copy exists elsewhere, point to it with TFDS_DATA_DIR=/path/to/tensorflow_datasets"
-      f" or --config.dataset.data_dir=/path/to/tensorflow_datasets.\n"
-      f"  - Otherwise prepare it on a connected machine (needs tensorflow-cpu, in requirements.txt) with\n"
-      f"      {prepare_command(name, data_dir)}\n"
-      f"    and copy {os.path.join(data_dir, name)} here.")
+    f"Dataset {name!r} is not prepared in {data_dir} and {why}.\n"
+    f"  - If a prepared copy exists elsewhere, point to it with TFDS_DATA_DIR=/path/to/tensorflow_datasets"
+    f" or --config.dataset.data_dir=/path/to/tensorflow_datasets.\n"
+    f"  - Otherwise prepare it on a connected machine (needs tensorflow-cpu, in requirements.txt) with\n"
+    f"      {prepare_command(name, data_dir)}\n"
+    f"    and copy {os.path.join(data_dir, name)} here."
+  )
 
 
 def ensure_prepared(name: str, data_dir: str, download: bool) -> None:
@@ -106,7 +112,8 @@ def ensure_prepared(name: str, data_dir: str, download: bool) -> None:
     builder.download_and_prepare(file_format="array_record")
   except ImportError as e:
     raise DataNotFoundError(
-        f"Preparing {name} needs TensorFlow (CPU build): pip install -r requirements.txt ({e}).") from e
+      f"Preparing {name} needs TensorFlow (CPU build): pip install -r requirements.txt ({e})."
+    ) from e
 
 
 def stored_size(config: Any) -> int:
@@ -120,10 +127,13 @@ def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
   """The image with its shorter side resized to `size` (bilinear), then its central square."""
   height, width = image.shape[:2]
   scale = size / min(height, width)
-  resized = np.asarray(PIL.Image.fromarray(image).resize(
-      (max(size, round(width * scale)), max(size, round(height * scale))), PIL.Image.BILINEAR))
+  resized = np.asarray(
+    PIL.Image.fromarray(image).resize(
+      (max(size, round(width * scale)), max(size, round(height * scale))), PIL.Image.BILINEAR
+    )
+  )
   top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
-  return resized[top:top + size, left:left + size]
+  return resized[top : top + size, left : left + size]
 
 
 def _read_split(name: str, split: str, data_dir: str, size: int = 0) -> Split:
@@ -191,9 +201,12 @@ def load_dataset(config: Any) -> Dataset:
   num_classes = tfds.builder(config.name, data_dir=data_dir).info.features["label"].num_classes
   axes = (0, 1, 2) if config.augmentation == "random_resized_crop" else 0
   mean_image = (train.images.mean(axis=axes, dtype=np.float64) / 255.0).astype(np.float32)
-  print(f"Loaded {config.name} from {data_dir}: {len(train)} train, "
-        + ", ".join(f"{len(s)} {k}" for k, s in eval_splits.items())
-        + f" ({time.time() - start:.1f}s)", flush=True)
+  print(
+    f"Loaded {config.name} from {data_dir}: {len(train)} train, "
+    + ", ".join(f"{len(s)} {k}" for k, s in eval_splits.items())
+    + f" ({time.time() - start:.1f}s)",
+    flush=True,
+  )
   return Dataset(train, eval_splits, mean_image, num_classes)
 
 
@@ -264,8 +277,7 @@ def pad_crop_flip(images: jax.Array, offsets: jax.Array, flips: jax.Array, paddi
   """
   _, height, width, channels = images.shape
   padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  crop = lambda image, offset: jax.lax.dynamic_slice(
-      image, (offset[0], offset[1], 0), (height, width, channels))
+  crop = lambda image, offset: jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
   cropped = jax.vmap(crop)(padded, offsets)
   return jnp.where(flips[:, None, None, None], cropped[:, :, ::-1, :], cropped)
 
@@ -280,9 +292,10 @@ def check_augmentation(config: Any) -> None:
     raise ValueError(f"dataset.augmentation must be one of {AUGMENTATIONS}; got {augmentation!r}.")
   if (augmentation == "random_resized_crop") != bool(image_size):
     raise ValueError(
-        f"dataset.augmentation={augmentation!r} with dataset.image_size={image_size}: random_resized_crop "
-        "needs an image size (e.g. --config.dataset.image_size=224), pad_crop_flip keeps the images' own "
-        "(--config.dataset.image_size=0).")
+      f"dataset.augmentation={augmentation!r} with dataset.image_size={image_size}: random_resized_crop "
+      "needs an image size (e.g. --config.dataset.image_size=224), pad_crop_flip keeps the images' own "
+      "(--config.dataset.image_size=0)."
+    )
 
 
 def input_shape(config: Any, stored_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -291,8 +304,13 @@ def input_shape(config: Any, stored_shape: tuple[int, ...]) -> tuple[int, ...]:
   return (image_size, image_size, stored_shape[-1]) if image_size else tuple(stored_shape)
 
 
-def sample_crop_boxes(key: jax.Array, batch_size: int, size: int, scale: tuple[float, float] = (0.08, 1.0),
-                      ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
+def sample_crop_boxes(
+  key: jax.Array,
+  batch_size: int,
+  size: int,
+  scale: tuple[float, float] = (0.08, 1.0),
+  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> jax.Array:
   """Random crops [B, 4] (top, left, height, width) of a size x size image: the area a
   uniform fraction `scale` of the image's, the aspect ratio log-uniform in `ratio` (the
   standard ImageNet augmentation; a side longer than the image is cut to it)."""
@@ -308,16 +326,30 @@ def sample_crop_boxes(key: jax.Array, batch_size: int, size: int, scale: tuple[f
 
 def crop_and_resize(images: jax.Array, boxes: jax.Array, out_size: int) -> jax.Array:
   """Each image's box [top, left, height, width] resized (bilinear) to out_size x out_size, float32."""
+
   def one(image, box):
     scale = out_size / box[2:]
     return jax.image.scale_and_translate(
-        image.astype(jnp.float32), (out_size, out_size, image.shape[-1]), (0, 1), scale, -box[:2] * scale,
-        method="linear", antialias=False)
+      image.astype(jnp.float32),
+      (out_size, out_size, image.shape[-1]),
+      (0, 1),
+      scale,
+      -box[:2] * scale,
+      method="linear",
+      antialias=False,
+    )
+
   return jax.vmap(one)(images, boxes)
 
 
-def augment(images: jax.Array, mean_image: jax.Array, key: jax.Array, config: Any, global_batch: int,
-            select: Callable[[jax.Array], jax.Array]) -> jax.Array:
+def augment(
+  images: jax.Array,
+  mean_image: jax.Array,
+  key: jax.Array,
+  config: Any,
+  global_batch: int,
+  select: Callable[[jax.Array], jax.Array],
+) -> jax.Array:
   """This device's training images (uint8), augmented as config.augmentation says and normalised
   (`check_augmentation` has checked the config).
 
@@ -340,5 +372,5 @@ def eval_images(images: jax.Array, mean_image: jax.Array, image_size: int) -> ja
   """Evaluation's view of stored uint8 images: normalised, centre-cropped to image_size if set."""
   if image_size and images.shape[1] > image_size:
     top, left = (images.shape[1] - image_size) // 2, (images.shape[2] - image_size) // 2
-    images = images[:, top:top + image_size, left:left + image_size]
+    images = images[:, top : top + image_size, left : left + image_size]
   return normalize(images, mean_image)

@@ -1,25 +1,21 @@
 """The training loop: from a set-up run (run_setup.set_up) to config.total_steps, with its
 log lines, evaluations, checkpoints, collapse watch and stops; then the final evaluation."""
 
+from collections.abc import Callable
 import functools
 import json
 import math
 import os
 import shutil
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from depthlab import checkpoints
-from depthlab import input_pipeline
-from depthlab import parallel
-from depthlab import run_setup
-from depthlab import validation
-from depthlab import writers
+from depthlab import checkpoints, input_pipeline, parallel, run_setup, validation, writers
 from depthlab.collapse import CollapseWatch, TrainingCollapsed, collapse_message
 from depthlab.naming import run_name
 from depthlab.state import TrainState, learning_rate_schedule, seeds
@@ -41,33 +37,45 @@ def per_seed_metrics(values: dict[str, Any], config: ml_collections.ConfigDict) 
   return metrics
 
 
-def make_evaluator(data_parallel: parallel.DataParallel, splits: dict[str, input_pipeline.Split],
-                   mean_image: np.ndarray, config: ml_collections.ConfigDict) -> Callable[[TrainState], dict[str, float]]:
+def make_evaluator(
+  data_parallel: parallel.DataParallel,
+  splits: dict[str, input_pipeline.Split],
+  mean_image: np.ndarray,
+  config: ml_collections.ConfigDict,
+) -> Callable[[TrainState], dict[str, float]]:
   """A function state -> {"<split>_loss", "<split>_error", "<split>_examples"} over whole splits
   (with several seeds, also per seed and the std: see per_seed_metrics).
 
   The splits go to the devices once, each device holding its share.
   """
-  on_device = over_seeds(functools.partial(eval_on_device, image_size=config.dataset.image_size),
-                         config, in_axes=(0, None, None))
+  on_device = over_seeds(
+    functools.partial(eval_on_device, image_size=config.dataset.image_size), config, in_axes=(0, None, None)
+  )
   eval_fn = data_parallel.parallelize(on_device, sharded_argnums=(1,))
-  data = {name: data_parallel.shard(shard_for_eval(split, data_parallel.count, config.eval_batch_size))
-          for name, split in splits.items()}
+  data = {
+    name: data_parallel.shard(shard_for_eval(split, data_parallel.count, config.eval_batch_size))
+    for name, split in splits.items()
+  }
   mean = data_parallel.replicate(mean_image)
 
   def evaluate(state: TrainState) -> dict[str, float]:
     results = {}
     for name, split in data.items():
       sums = data_parallel.to_host(eval_fn(state, split, mean))
-      results.update(per_seed_metrics({f"{name}_loss": sums["loss"] / sums["count"],
-                                       f"{name}_error": sums["errors"] / sums["count"]}, config))
+      results.update(
+        per_seed_metrics(
+          {f"{name}_loss": sums["loss"] / sums["count"], f"{name}_error": sums["errors"] / sums["count"]}, config
+        )
+      )
       results[f"{name}_examples"] = int(np.ravel(sums["count"])[0])
     return results
+
   return evaluate
 
 
-def window_means(window: list[dict[str, jax.Array]], data_parallel: parallel.DataParallel, step: int,
-              config: ml_collections.ConfigDict) -> dict[str, float]:
+def window_means(
+  window: list[dict[str, jax.Array]], data_parallel: parallel.DataParallel, step: int, config: ml_collections.ConfigDict
+) -> dict[str, float]:
   """Means of the metrics of the steps since the last line (per seed: see per_seed_metrics);
   a non-finite one stops the run."""
   values = [data_parallel.to_host(metrics) for metrics in window]  # each [steps] or [steps, seeds]
@@ -75,28 +83,32 @@ def window_means(window: list[dict[str, jax.Array]], data_parallel: parallel.Dat
   if not all(math.isfinite(v) for v in means.values()):
     bad = sorted({k.split("/")[0] for k, v in means.items() if not math.isfinite(v) and k.startswith("seed")})
     raise FloatingPointError(
-        f"Training diverged: non-finite loss by step {step}{' in ' + ', '.join(bad) if bad else ''} "
-        f"({means}). The last checkpoint before it is kept. Lower --config.learning_rate or check the data.")
+      f"Training diverged: non-finite loss by step {step}{' in ' + ', '.join(bad) if bad else ''} "
+      f"({means}). The last checkpoint before it is kept. Lower --config.learning_rate or check the data."
+    )
   return means
 
 
 @jax.jit
 def all_finite(tree: Any) -> jax.Array:
   """True if no float leaf of `tree` holds a NaN or an infinity."""
-  leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.floating)]
+  leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
   return jnp.all(jnp.stack(leaves))
 
 
-def restore_or_start(config: ml_collections.ConfigDict, ckpts: checkpoints.Checkpoints,
-                     state: TrainState) -> tuple[TrainState, dict[str, Any]]:
+def restore_or_start(
+  config: ml_collections.ConfigDict, ckpts: checkpoints.Checkpoints, state: TrainState
+) -> tuple[TrainState, dict[str, Any]]:
   """The newest readable checkpoint of the workdir if there is one (same model and data only)."""
+
   def same_model_and_data(record):
     differences = checkpoints.config_differences(record["config"], config)
     if differences:
       raise checkpoints.ConfigMismatchError(
-          f"{ckpts.directory} holds a run with another model or data; differing fields:\n  "
-          + "\n  ".join(differences) + "\nUse another --workdir, or --config.restart=True to start over there.")
+        f"{ckpts.directory} holds a run with another model or data; differing fields:\n  "
+        + "\n  ".join(differences)
+        + "\nUse another --workdir, or --config.restart=True to start over there."
+      )
 
   restored = ckpts.restore(jax.device_get(state), check=same_model_and_data)
   if restored is None:
@@ -122,7 +134,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run_start = time.perf_counter()
   parallel.maybe_initialize_distributed(config.distributed)
   data_parallel = run_setup.training_devices(
-      config, resuming=not config.restart and checkpoints.has_checkpoints(workdir))
+    config, resuming=not config.restart and checkpoints.has_checkpoints(workdir)
+  )
   is_main = jax.process_index() == 0
   if is_main:
     writers.check_writable(workdir)  # fail now, not after loading the data and compiling
@@ -142,31 +155,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       first_step, record = run.first_step, run.record
       if first_step >= config.total_steps and "final" in record:
         if is_main:
-          print(f"{workdir} holds a finished run ({first_step} steps, test error "
-                f"{100 * record['final'].get('test_error', float('nan')):.2f}%); nothing to do. "
-                f"--config.restart=True trains it again.", flush=True)
+          print(
+            f"{workdir} holds a finished run ({first_step} steps, test error "
+            f"{100 * record['final'].get('test_error', float('nan')):.2f}%); nothing to do. "
+            f"--config.restart=True trains it again.",
+            flush=True,
+          )
         return record["final"]
       if first_step > config.total_steps:
-        raise validation.ConfigError([
+        raise validation.ConfigError(
+          [
             f"total_steps {config.total_steps}: {workdir} has a checkpoint at step {first_step}, beyond it; "
-            "raise --config.total_steps or use another --workdir."])
-      return train_loop(config, workdir, run, ckpts, run_start, preemption,
-                        seconds_before=record.get("wall_time_sec", 0.0))
+            "raise --config.total_steps or use another --workdir."
+          ]
+        )
+      return train_loop(
+        config, workdir, run, ckpts, run_start, preemption, seconds_before=record.get("wall_time_sec", 0.0)
+      )
     finally:
       ckpts.wait()
       ckpts.close()
 
 
-def train_loop(config: ml_collections.ConfigDict, workdir: str, run: run_setup.RunSetup,
-               ckpts: checkpoints.Checkpoints, run_start: float, preemption: checkpoints.PreemptionSignal,
-               seconds_before: float = 0.0) -> dict[str, float]:
+def train_loop(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  run: run_setup.RunSetup,
+  ckpts: checkpoints.Checkpoints,
+  run_start: float,
+  preemption: checkpoints.PreemptionSignal,
+  seconds_before: float = 0.0,
+) -> dict[str, float]:
   """The training loop, from run.first_step to config.total_steps, then the final evaluation.
 
   `seconds_before`: the wall time of the run's earlier segments (it resumes).
   """
   is_main = jax.process_index() == 0
   data_parallel, dataset, state, first_step, num_params = (
-      run.data_parallel, run.dataset, run.state, run.first_step, run.num_params)
+    run.data_parallel,
+    run.dataset,
+    run.state,
+    run.first_step,
+    run.num_params,
+  )
   train_data, key_data, orders = run.train_data, run.key_data, run.orders
   writer = writers.MetricWriter(workdir, config, run_name(config), num_params, first_step, active=is_main)
   schedule = learning_rate_schedule(config)
@@ -176,8 +207,10 @@ def train_loop(config: ml_collections.ConfigDict, workdir: str, run: run_setup.R
   def save(step: int) -> None:
     copy = data_parallel.single_copy(state)
     if not all_finite(copy):  # the loss of a step is finite even when its update was not
-      raise FloatingPointError(f"Training diverged: non-finite parameters after step {step}; the "
-                               "last checkpoint before it is kept. Lower --config.learning_rate.")
+      raise FloatingPointError(
+        f"Training diverged: non-finite parameters after step {step}; the "
+        "last checkpoint before it is kept. Lower --config.learning_rate."
+      )
     record = {"config": config.to_dict(), "wall_time_sec": seconds_before + time.perf_counter() - run_start}
     save_start = time.perf_counter()
     ckpts.save(step, copy, json.loads(json.dumps(record, default=list)))
@@ -198,8 +231,11 @@ def train_loop(config: ml_collections.ConfigDict, workdir: str, run: run_setup.R
         jax.block_until_ready(metrics)
         window_start, window_first_step = time.perf_counter(), step + 1
         if is_main:
-          print(f"Step {step} done {window_start - run_start:.1f}s after start; it took "
-                f"{window_start - loop_start:.1f}s, compilation included.", flush=True)
+          print(
+            f"Step {step} done {window_start - run_start:.1f}s after start; it took "
+            f"{window_start - loop_start:.1f}s, compilation included.",
+            flush=True,
+          )
       last = step == config.total_steps
       line = {}
       if step % config.log_every_steps == 0 or last:
@@ -222,26 +258,32 @@ def train_loop(config: ml_collections.ConfigDict, workdir: str, run: run_setup.R
         writer.progress(step, line, seconds_per_step)
       collapsed = collapse.update(step, line) if "train_loss" in line else []
       if collapsed:
-        writer.alert(*collapse_message(config, collapsed, collapse.since(collapsed[0]), step, line,
-                                       dataset.num_classes))
+        writer.alert(
+          *collapse_message(config, collapsed, collapse.since(collapsed[0]), step, line, dataset.num_classes)
+        )
         writer.summarize({"collapsed_at_step": step})
       stop_collapsed = config.stop_on_collapse and collapsed and collapse.all_dead() and not last
       signum = agreed_stop_signal(
-          preemption, step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0)
+        preemption, step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0
+      )
       if (step % config.checkpoint_every_steps == 0 or signum or stop_collapsed) and not last:
         save(step)
       if stop_collapsed:
         ckpts.wait()
         raise TrainingCollapsed(
-            f"Stopped at step {step} (config.stop_on_collapse): the net is at chance. The checkpoint of step "
-            f"{step} is in {ckpts.directory}; rerun with --config.stop_on_collapse=False to train it on, or "
-            "--config.restart=True with a longer warm-up or a lower learning rate.")
+          f"Stopped at step {step} (config.stop_on_collapse): the net is at chance. The checkpoint of step "
+          f"{step} is in {ckpts.directory}; rerun with --config.stop_on_collapse=False to train it on, or "
+          "--config.restart=True with a longer warm-up or a lower learning rate."
+        )
       if signum and not last:  # at the last step the run is saved and evaluated: it finishes
         ckpts.wait()  # raises if the checkpoint did not reach the disk: no message claims it did
         writer.mark_preempted()
         if is_main:
-          print(f"Stopped by signal {signum} at step {step}; the checkpoint of step {step} is saved in "
-                f"{ckpts.directory}. Run the same command again to resume.", flush=True)
+          print(
+            f"Stopped by signal {signum} at step {step}; the checkpoint of step {step} is saved in "
+            f"{ckpts.directory}. Run the same command again to resume.",
+            flush=True,
+          )
         raise SystemExit(128 + signum)
 
     if first_step == config.total_steps:  # resumed after the final checkpoint, before its evaluation was recorded
@@ -249,14 +291,21 @@ def train_loop(config: ml_collections.ConfigDict, workdir: str, run: run_setup.R
       line = {k: v for k, v in evaluated.items() if not k.endswith("_examples")}
       if writer.active and all(logged["step"] < step for logged in writers.read_metrics(workdir)):
         writer.write(step, line)
-    final = {**line, "wall_time_sec": seconds_before + time.perf_counter() - run_start, "num_params": num_params,
-             **{k: v for k, v in evaluated.items() if k.endswith("_examples")}}
+    final = {
+      **line,
+      "wall_time_sec": seconds_before + time.perf_counter() - run_start,
+      "num_params": num_params,
+      **{k: v for k, v in evaluated.items() if k.endswith("_examples")},
+    }
     ckpts.save_final(step, final)  # once the final checkpoint is on disk
     writer.check_on_disk()
     writer.summarize(final)
   if is_main:
-    print(f"Done: {run_name(config)} after {step} steps: test error "
-          f"{100 * final.get('test_error', float('nan')):.2f}%, wall time "
-          f"{writers.format_duration(final['wall_time_sec'])}; {len(save_seconds)} checkpoint saves held "
-          f"training up {sum(save_seconds):.2f}s in all.", flush=True)
+    print(
+      f"Done: {run_name(config)} after {step} steps: test error "
+      f"{100 * final.get('test_error', float('nan')):.2f}%, wall time "
+      f"{writers.format_duration(final['wall_time_sec'])}; {len(save_seconds)} checkpoint saves held "
+      f"training up {sum(save_seconds):.2f}s in all.",
+      flush=True,
+    )
   return final

@@ -16,16 +16,18 @@ on its own devices only. `max_over_processes` and `sync_processes` are the few p
 where the processes agree outside the step.
 """
 
+from collections.abc import Callable, Mapping, Sequence
 import os
 import socket
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
 
 AXIS = "batch"
 MODES = ("pmap", "shard_map")
@@ -63,10 +65,11 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
     except OSError as e:
       if time.monotonic() > deadline:
         raise CoordinatorUnreachableError(
-            f"Could not reach the coordinator at {address} within {timeout:g}s ({e}). Check that "
-            f"process 0 has started and runs on that host, that all processes got the same address "
-            f"and port (--config.distributed.coordinator_address or $JAX_COORDINATOR_ADDRESS), and that "
-            f"no firewall blocks the port; --config.distributed.initialization_timeout waits longer.") from e
+          f"Could not reach the coordinator at {address} within {timeout:g}s ({e}). Check that "
+          f"process 0 has started and runs on that host, that all processes got the same address "
+          f"and port (--config.distributed.coordinator_address or $JAX_COORDINATOR_ADDRESS), and that "
+          f"no firewall blocks the port; --config.distributed.initialization_timeout waits longer."
+        ) from e
       time.sleep(0.5)
 
 
@@ -86,12 +89,16 @@ def maybe_initialize_distributed(config: Any, environ: Mapping[str, str] = os.en
     wait_for_coordinator(address, timeout)
   # If some process never arrives, JAX aborts every process after the timeout with
   # "DEADLINE_EXCEEDED ... RegisterTask"; this line says what that means.
-  print(f"jax.distributed: process {_or_detected(process_id)} of {_or_detected(num_processes)} joining "
-        f"{address or 'the detected coordinator'}; waiting up to {timeout}s for all processes (a "
-        f"DEADLINE_EXCEEDED abort means some did not start or got another address or process count).",
-        file=sys.stderr, flush=True)
-  jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
-                             process_id=process_id, initialization_timeout=timeout)
+  print(
+    f"jax.distributed: process {_or_detected(process_id)} of {_or_detected(num_processes)} joining "
+    f"{address or 'the detected coordinator'}; waiting up to {timeout}s for all processes (a "
+    f"DEADLINE_EXCEEDED abort means some did not start or got another address or process count).",
+    file=sys.stderr,
+    flush=True,
+  )
+  jax.distributed.initialize(
+    coordinator_address=address, num_processes=num_processes, process_id=process_id, initialization_timeout=timeout
+  )
   # A first collective while the processes are still in step: CPU collectives (gloo) set up
   # their connections at the first one and give up if a process is 30 s late, as it is when
   # it still compiles the train step; later collectives wait as long as it takes.
@@ -145,6 +152,7 @@ class DataParallel:
 
   def replicate(self, tree: Any) -> Any:
     """Puts a copy of every leaf on every device."""
+
     def put(x):
       x = np.asarray(x) if not isinstance(x, jax.Array) else x
       if self.mode == "pmap":  # pmap wants one entry per device along a new leading axis
@@ -153,16 +161,19 @@ class DataParallel:
         shape, spec, shard = x.shape, P(), x
       buffers = [jax.device_put(shard, d) for d in self.local_devices]
       return jax.make_array_from_single_device_arrays(shape, NamedSharding(self.mesh, spec), buffers)
+
     return jax.tree_util.tree_map(put, tree)
 
   def shard(self, tree: Any) -> Any:
     """Puts entry i of every leaf's leading axis (of size `count`) on device i."""
+
     def put(x):
       x = np.asarray(x)
       if x.shape[0] != self.count:
         raise ValueError(f"leading axis {x.shape[0]} != device count {self.count}")
-      buffers = [jax.device_put(x[i:i + 1], d) for d in self.local_devices for i in [self._global_index(d)]]
+      buffers = [jax.device_put(x[i : i + 1], d) for d in self.local_devices for i in [self._global_index(d)]]
       return jax.make_array_from_single_device_arrays(x.shape, NamedSharding(self.mesh, P(AXIS)), buffers)
+
     return jax.tree_util.tree_map(put, tree)
 
   def single_copy(self, tree: Any) -> Any:
@@ -172,33 +183,34 @@ class DataParallel:
     can donate the state it came from while the copy is being written.
     """
     take = (lambda x: x[0]) if self.mode == "pmap" else (lambda x: x + 0)  # + 0: a new buffer
-    return jax.jit(lambda t: jax.tree_util.tree_map(take, t),
-                   out_shardings=NamedSharding(self.mesh, P()))(tree)
+    return jax.jit(lambda t: jax.tree_util.tree_map(take, t), out_shardings=NamedSharding(self.mesh, P()))(tree)
 
   def to_host(self, tree: Any) -> Any:
     """Reads a replicated result back as numpy, from this process's first device."""
+
     def get(x):
       local = np.asarray(x.addressable_shards[0].data)
       return local[0] if self.mode == "pmap" else local
+
     return jax.tree_util.tree_map(get, tree)
 
-  def parallelize(self, fn: Callable[..., Any], sharded_argnums: Sequence[int] = (),
-                  donate_argnums: Sequence[int] = ()) -> Callable[..., Any]:
+  def parallelize(
+    self, fn: Callable[..., Any], sharded_argnums: Sequence[int] = (), donate_argnums: Sequence[int] = ()
+  ) -> Callable[..., Any]:
     """Runs per-device `fn` on every device; its results must be replicated (use collectives)."""
     if self.mode == "pmap":
-      mapped = jax.pmap(fn, axis_name=AXIS, devices=self.devices if self._restricted else None,
-                        donate_argnums=tuple(donate_argnums))
+      mapped = jax.pmap(
+        fn, axis_name=AXIS, devices=self.devices if self._restricted else None, donate_argnums=tuple(donate_argnums)
+      )
       if jax.process_count() == 1:
         return mapped
       # With several processes pmap returns this process's part only; made global again
       # (no copy), its results go to the next step, single_copy and checkpoints unchanged.
-      return lambda *args: multihost_utils.host_local_array_to_global_array(
-          mapped(*args), self.mesh, P(AXIS))
+      return lambda *args: multihost_utils.host_local_array_to_global_array(mapped(*args), self.mesh, P(AXIS))
 
     def per_device(*args):
       # A sharded argument arrives as this device's [1, ...] block; pmap would drop that axis.
-      args = [jax.tree_util.tree_map(lambda x: x[0], a) if i in sharded_argnums else a
-              for i, a in enumerate(args)]
+      args = [jax.tree_util.tree_map(lambda x: x[0], a) if i in sharded_argnums else a for i, a in enumerate(args)]
       return fn(*args)
 
     def wrapped(*args):
@@ -206,8 +218,7 @@ class DataParallel:
       # check_vma=False keeps pmap's semantics: the gradient of a replicated parameter is
       # this device's own gradient, and the step averages it with lax.pmean. With the
       # check on, shard_map would already sum it over devices.
-      mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs, out_specs=P(),
-                             check_vma=False)
+      mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
       return mapped(*args)
 
     return jax.jit(wrapped, donate_argnums=tuple(donate_argnums))

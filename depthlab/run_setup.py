@@ -2,23 +2,23 @@
 the benchmark: devices -> dataset -> model -> keys -> train state (or a checkpoint's) ->
 the state and the training data on the devices (`set_up`)."""
 
+from collections.abc import Callable
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
 
-import nets
-from depthlab import input_pipeline
-from depthlab import parallel
-from depthlab import validation
+from depthlab import input_pipeline, parallel, validation
 from depthlab.state import TrainState, create_model, create_train_state, run_keys, step_count
 from depthlab.steps import EpochOrders, steps_on_device
+import nets
 
 
-def check_batch_size(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1,
-                     resuming: bool = False) -> None:
+def check_batch_size(
+  config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1, resuming: bool = False
+) -> None:
   """The global batch must split evenly over the devices of all processes."""
   problems = validation.batch_problems(config, num_devices, num_processes, resuming)
   if problems:
@@ -36,6 +36,7 @@ def training_devices(config: ml_collections.ConfigDict, resuming: bool = False) 
 @dataclasses.dataclass
 class RunSetup:
   """A run ready for its first step: what `set_up` made, the state and data on the devices."""
+
   config: ml_collections.ConfigDict
   data_parallel: parallel.DataParallel
   dataset: input_pipeline.Dataset
@@ -53,8 +54,9 @@ class RunSetup:
   def train_dispatch(self, steps: int) -> Callable[..., tuple[TrainState, dict]]:
     """`steps` train steps on every device as one dispatch, (state, train_data, key_data,
     orders) -> (state, metrics); the state's buffers are donated. JAX compiles it on its first call."""
-    return self.data_parallel.parallelize(steps_on_device(self.config, self.data_parallel.count, steps),
-                                          donate_argnums=(0,))
+    return self.data_parallel.parallelize(
+      steps_on_device(self.config, self.data_parallel.count, steps), donate_argnums=(0,)
+    )
 
 
 def fresh_start(state: TrainState) -> tuple[TrainState, dict[str, Any]]:
@@ -62,10 +64,13 @@ def fresh_start(state: TrainState) -> tuple[TrainState, dict[str, Any]]:
   return state, {}
 
 
-def set_up(config: ml_collections.ConfigDict, data_parallel: parallel.DataParallel,
-           dataset: input_pipeline.Dataset | None = None,
-           restore: Callable[[TrainState], tuple[TrainState, dict[str, Any]]] = fresh_start,
-           for_training: bool = True) -> RunSetup:
+def set_up(
+  config: ml_collections.ConfigDict,
+  data_parallel: parallel.DataParallel,
+  dataset: input_pipeline.Dataset | None = None,
+  restore: Callable[[TrainState], tuple[TrainState, dict[str, Any]]] = fresh_start,
+  for_training: bool = True,
+) -> RunSetup:
   """Loads the dataset, builds the model, draws the keys, initialises the train state and
   puts it on the devices of `data_parallel`.
 
@@ -77,14 +82,27 @@ def set_up(config: ml_collections.ConfigDict, data_parallel: parallel.DataParall
   dataset = dataset or input_pipeline.load_dataset(config.dataset)
   model = create_model(config, dataset.num_classes)
   init_key, data_key = run_keys(config)
-  state, record = restore(create_train_state(config, model, init_key, input_pipeline.input_shape(
-      config.dataset, dataset.train.images.shape[1:])))
-  run = RunSetup(config, data_parallel, dataset, model, init_key, data_key, data_parallel.replicate(state),
-                 first_step=step_count(state), num_params=nets.count_params(state.params) // config.num_seeds,
-                 record=record)
+  state, record = restore(
+    create_train_state(
+      config, model, init_key, input_pipeline.input_shape(config.dataset, dataset.train.images.shape[1:])
+    )
+  )
+  run = RunSetup(
+    config,
+    data_parallel,
+    dataset,
+    model,
+    init_key,
+    data_key,
+    data_parallel.replicate(state),
+    first_step=step_count(state),
+    num_params=nets.count_params(state.params) // config.num_seeds,
+    record=record,
+  )
   if for_training:
-    run.train_data = data_parallel.replicate({
-        "image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image})
+    run.train_data = data_parallel.replicate(
+      {"image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image}
+    )
     # As raw key data: pmap refuses a typed key array that spans several processes.
     run.key_data = data_parallel.replicate(jax.random.key_data(data_key))
     run.orders = EpochOrders(config, data_parallel, data_key, len(dataset.train))

@@ -4,15 +4,15 @@ keys, and the initial train state (TrainState)."""
 from typing import Any
 
 import flax.linen as nn
+from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax.training import train_state
 
-import nets
 from depthlab import parallel
+import nets
 
 AXIS = parallel.AXIS
 
@@ -33,16 +33,19 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """SGD with momentum; weight decay as an L2 term added to the gradient (as in the paper's Caffe)."""
   return optax.chain(
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(learning_rate_schedule(config), momentum=config.momentum))
+    optax.add_decayed_weights(config.weight_decay), optax.sgd(learning_rate_schedule(config), momentum=config.momentum)
+  )
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   return nets.create(
-      config.model.name, num_classes=num_classes, dtype=jnp.dtype(config.dtype),
-      axis_name=AXIS if config.cross_replica_bn else None, conv_weight_grad=config.conv_weight_grad, **{
-          k: v for k, v in config.model.items() if k != "name"})
-
+    config.model.name,
+    num_classes=num_classes,
+    dtype=jnp.dtype(config.dtype),
+    axis_name=AXIS if config.cross_replica_bn else None,
+    conv_weight_grad=config.conv_weight_grad,
+    **{k: v for k, v in config.model.items() if k != "name"},
+  )
 
 
 def seeds(config: ml_collections.ConfigDict) -> list[int]:
@@ -64,18 +67,24 @@ def run_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
   return jnp.stack([k[0] for k in keys]), jnp.stack([k[1] for k in keys])
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array,
-                       image_shape: tuple[int, ...]) -> TrainState:
+def create_train_state(
+  config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array, image_shape: tuple[int, ...]
+) -> TrainState:
   """Initialises parameters, batch statistics and the optimizer state (under jit: fast start-up).
 
   With config.num_seeds > 1, `key` holds one key per seed and every leaf of the state
   gets a leading seed axis.
   """
+
   def init(key):
     variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}),  # none without batch norm
-                             tx=create_optimizer(config))
+    return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),  # none without batch norm
+      tx=create_optimizer(config),
+    )
+
   return jax.jit(init if config.num_seeds == 1 else jax.vmap(init))(key)
 
 

@@ -2,9 +2,10 @@
 seeds around it, and the evaluation of a split; written once for one device, with
 collectives over parallel.AXIS (parallel.DataParallel runs them on all devices)."""
 
+from collections.abc import Callable
 import functools
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from depthlab import input_pipeline
-from depthlab import parallel
+from depthlab import input_pipeline, parallel
 from depthlab.state import TrainState
 
 AXIS = parallel.AXIS
@@ -35,21 +35,31 @@ def block_grad_norms(grads: Any) -> dict[str, jax.Array]:
   return {f"grad_norm/{name}": optax.global_norm(g) for name, g in grads.items()}
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               aux_loss_weight: float = 0.0, log_grad_norms: bool = False) -> tuple[TrainState, dict]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  aux_loss_weight: float = 0.0,
+  log_grad_norms: bool = False,
+) -> tuple[TrainState, dict]:
   """One SGD step on this device's part of the global batch; gradients averaged over devices.
 
   A net with auxiliary classifiers returns `(logits, aux_logits)` in training (see nets/):
   their losses join the objective with `aux_loss_weight`; the metrics are the main classifier's.
   """
+
   def loss_fn(params):
     outputs, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-        mutable=["batch_stats"], rngs={"dropout": rng})
+      {"params": params, "batch_stats": state.batch_stats},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": rng},
+    )
     logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, ())
     loss, error = loss_and_error(logits, batch["label"])
-    objective = loss.mean() + sum(
-        aux_loss_weight * loss_and_error(aux, batch["label"])[0].mean() for aux in aux_logits)
+    objective = loss.mean() + sum(aux_loss_weight * loss_and_error(aux, batch["label"])[0].mean() for aux in aux_logits)
     return objective, (loss.mean(), error.mean(), updates.get("batch_stats", {}))
 
   (_, (loss, error, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -64,8 +74,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   return state, jax.lax.pmean(metrics, AXIS)
 
 
-def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key_data: jax.Array, orders: jax.Array, *,
-                         config: ml_collections.ConfigDict, num_devices: int) -> tuple[TrainState, dict]:
+def train_step_on_device(
+  state: TrainState,
+  data: dict[str, jax.Array],
+  key_data: jax.Array,
+  orders: jax.Array,
+  *,
+  config: ml_collections.ConfigDict,
+  num_devices: int,
+) -> tuple[TrainState, dict]:
   """Builds this device's slice of the step's global batch from the on-device dataset, then steps.
 
   `key_data` is jax.random.key_data of the run's data key; `orders` the epochs' example
@@ -79,12 +96,17 @@ def train_step_on_device(state: TrainState, data: dict[str, jax.Array], key_data
   indices = input_pipeline.batch_indices(orders, step, global_batch)
   device_share = lambda x: jax.lax.dynamic_slice_in_dim(x, start, local_batch)
   local = device_share(indices)
-  images = input_pipeline.augment(data["image"][local], data["mean"], jax.random.fold_in(augment_key, step),
-                                  config.dataset, global_batch, device_share)
+  images = input_pipeline.augment(
+    data["image"][local],
+    data["mean"],
+    jax.random.fold_in(augment_key, step),
+    config.dataset,
+    global_batch,
+    device_share,
+  )
   batch = {"image": images, "label": data["label"][local]}
   rng = jax.random.fold_in(jax.random.fold_in(dropout_key, step), jax.lax.axis_index(AXIS))
-  return train_step(state, batch, rng, aux_loss_weight=config.aux_loss_weight,
-                    log_grad_norms=config.log_grad_norms)
+  return train_step(state, batch, rng, aux_loss_weight=config.aux_loss_weight, log_grad_norms=config.log_grad_norms)
 
 
 def data_keys(key_data: jax.Array) -> jax.Array:
@@ -100,13 +122,19 @@ class EpochOrders:
   are those input_pipeline.global_batch_indices defines.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, data_parallel: parallel.DataParallel, data_key: jax.Array,
-               num_examples: int):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    data_parallel: parallel.DataParallel,
+    data_key: jax.Array,
+    num_examples: int,
+  ):
     self.steps_per_epoch = input_pipeline.steps_per_epoch(num_examples, config.batch_size)
     # A dispatch starting in epoch e reaches e + 1 (or further when it is longer than an epoch).
     num_epochs = (config.steps_per_dispatch - 1) // self.steps_per_epoch + 2
     orders = lambda key_data, epoch: input_pipeline.epoch_orders(
-        data_keys(key_data)[0], epoch, num_epochs, num_examples)
+      data_keys(key_data)[0], epoch, num_epochs, num_examples
+    )
     self._orders = jax.jit(jax.vmap(orders, in_axes=(0, None)) if config.num_seeds > 1 else orders)
     self._key_data, self._data_parallel = jax.random.key_data(data_key), data_parallel
     self._epoch, self._replicated = None, None
@@ -119,8 +147,9 @@ class EpochOrders:
     return self._replicated
 
 
-def steps_on_device(config: ml_collections.ConfigDict, num_devices: int, steps: int
-                    ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array, jax.Array], tuple[TrainState, dict]]:
+def steps_on_device(
+  config: ml_collections.ConfigDict, num_devices: int, steps: int
+) -> Callable[[TrainState, dict[str, jax.Array], jax.Array, jax.Array], tuple[TrainState, dict]]:
   """The per-device function one dispatch runs: `steps` train steps of every seed.
 
   This is where the loop's speed tricks live, both plain JAX transformations of
@@ -137,18 +166,22 @@ def steps_on_device(config: ml_collections.ConfigDict, num_devices: int, steps: 
   step = over_seeds(step, config, in_axes=(0, None, 0, 0))
 
   if steps == 1:  # no scan: XLA's CPU backend runs convolutions inside a loop many times slower
+
     def one_step(state, data, key_data, orders):
       state, metrics = step(state, data, key_data, orders)
       return state, jax.tree_util.tree_map(lambda m: m[None], metrics)
+
     return one_step
 
   def run(state, data, key_data, orders):
     return jax.lax.scan(lambda s, _: step(s, data, key_data, orders), state, length=steps)
+
   return run
 
 
-def over_seeds(fn: Callable[..., Any], config: ml_collections.ConfigDict,
-               in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
+def over_seeds(
+  fn: Callable[..., Any], config: ml_collections.ConfigDict, in_axes: tuple[int | None, ...]
+) -> Callable[..., Any]:
   """`fn` of one seed as a function of all config.num_seeds seeds.
 
   Arguments with in_axes 0 (state, keys) have a leading seed axis, those with None (the
@@ -167,10 +200,12 @@ def over_seeds(fn: Callable[..., Any], config: ml_collections.ConfigDict,
     return jax.vmap(fn, in_axes=in_axes)
 
   def one_after_another(*args):
-    seed_args = lambda i: [a if axis is None else jax.tree_util.tree_map(lambda x: x[i], a)
-                           for a, axis in zip(args, in_axes)]
+    seed_args = lambda i: [
+      a if axis is None else jax.tree_util.tree_map(lambda x: x[i], a) for a, axis in zip(args, in_axes)
+    ]
     results = [fn(*seed_args(i)) for i in range(config.num_seeds)]
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *results)
+
   return one_after_another
 
 
@@ -188,8 +223,9 @@ def dispatch_size(step: int, config: ml_collections.ConfigDict) -> int:
   return n
 
 
-def eval_on_device(state: TrainState, split: dict[str, jax.Array], mean: jax.Array, *,
-                   image_size: int = 0) -> dict[str, jax.Array]:
+def eval_on_device(
+  state: TrainState, split: dict[str, jax.Array], mean: jax.Array, *, image_size: int = 0
+) -> dict[str, jax.Array]:
   """Summed loss, errors and count over this device's share of a split, summed over devices.
 
   `split` holds [chunks, chunk_size, ...] arrays and a mask that is 0 on the padding.
@@ -199,8 +235,7 @@ def eval_on_device(state: TrainState, split: dict[str, jax.Array], mean: jax.Arr
   def chunk_sums(totals, chunk):
     logits = state.apply_fn(variables, input_pipeline.eval_images(chunk["image"], mean, image_size), train=False)
     loss, error = loss_and_error(logits, chunk["label"])
-    sums = {"loss": (loss * chunk["mask"]).sum(), "errors": (error * chunk["mask"]).sum(),
-            "count": chunk["mask"].sum()}
+    sums = {"loss": (loss * chunk["mask"]).sum(), "errors": (error * chunk["mask"]).sum(), "count": chunk["mask"].sum()}
     return jax.tree_util.tree_map(jnp.add, totals, sums), None
 
   zeros = {"loss": 0.0, "errors": 0.0, "count": 0.0}
@@ -214,5 +249,9 @@ def shard_for_eval(split: input_pipeline.Split, num_devices: int, batch_size: in
   per_device = math.ceil(len(split) / (num_devices * chunk)) * chunk
   pad = num_devices * per_device - len(split)
   arrays = {"image": split.images, "label": split.labels, "mask": np.ones(len(split), np.float32)}
-  return {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]).reshape(
-      num_devices, per_device // chunk, chunk, *v.shape[1:]) for k, v in arrays.items()}
+  return {
+    k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]).reshape(
+      num_devices, per_device // chunk, chunk, *v.shape[1:]
+    )
+    for k, v in arrays.items()
+  }

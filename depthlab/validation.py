@@ -15,24 +15,45 @@ from typing import Any
 
 import ml_collections
 
-from depthlab import input_pipeline
-import nets
-from depthlab import parallel
-from depthlab import writers
 from configs import default
+from depthlab import input_pipeline, parallel, writers
+import nets
 from nets import cifar_resnet, cpu_conv, preact_resnet
 
 DTYPES = ("float32", "bfloat16", "float16")
 SEED_BATCHING = ("auto", "vmap", "loop")
 
 # Fields that must be at least 1, at least 0, and choices: what each may be.
-AT_LEAST_ONE = ("batch_size", "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-                "keep_checkpoints", "eval_batch_size", "steps_per_dispatch", "num_seeds", "collapse_steps")
-AT_LEAST_ZERO = ("warmup_steps", "num_devices", "seed", "weight_decay", "aux_loss_weight",
-                 "dataset.validation_size", "dataset.crop_padding", "dataset.image_size")
-CHOICES = {"dtype": DTYPES, "parallelism": parallel.MODES, "conv_weight_grad": cpu_conv.MODES,
-           "seed_batching": SEED_BATCHING, "wandb.mode": writers.WANDB_MODES,
-           "dataset.augmentation": input_pipeline.AUGMENTATIONS}
+AT_LEAST_ONE = (
+  "batch_size",
+  "total_steps",
+  "log_every_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval_batch_size",
+  "steps_per_dispatch",
+  "num_seeds",
+  "collapse_steps",
+)
+AT_LEAST_ZERO = (
+  "warmup_steps",
+  "num_devices",
+  "seed",
+  "weight_decay",
+  "aux_loss_weight",
+  "dataset.validation_size",
+  "dataset.crop_padding",
+  "dataset.image_size",
+)
+CHOICES = {
+  "dtype": DTYPES,
+  "parallelism": parallel.MODES,
+  "conv_weight_grad": cpu_conv.MODES,
+  "seed_batching": SEED_BATCHING,
+  "wandb.mode": writers.WANDB_MODES,
+  "dataset.augmentation": input_pipeline.AUGMENTATIONS,
+}
 
 
 class ConfigError(ValueError):
@@ -40,8 +61,10 @@ class ConfigError(ValueError):
 
   def __init__(self, problems: list[str], what: str = "The config"):
     self.problems = problems
-    super().__init__(f"{what} has {len(problems)} problem{'s' if len(problems) > 1 else ''}; nothing "
-                     "was started:\n  - " + "\n  - ".join(problems))
+    super().__init__(
+      f"{what} has {len(problems)} problem{'s' if len(problems) > 1 else ''}; nothing "
+      "was started:\n  - " + "\n  - ".join(problems)
+    )
 
 
 def did_you_mean(name: str, known: list[str]) -> str:
@@ -58,10 +81,14 @@ def _net_fields(name: str) -> dict[str, dataclasses.Field]:
   """The constructor fields of a registered net, those train.py sets itself left out."""
   module = nets._REGISTRY[name]  # pylint: disable=protected-access
   module = getattr(module, "func", module)  # vgg16, resnet50, ...: partials with the depth bound
-  return {f.name: f for f in dataclasses.fields(module)
-          if f.init and f.name not in ("parent", "name", "num_classes", "dtype", "axis_name", "conv_weight_grad",
-                                       "depth")
-          or f.name == "depth" and name in ("cifar_resnet", "preact_resnet")}
+  return {
+    f.name: f
+    for f in dataclasses.fields(module)
+    if f.init
+    and f.name not in ("parent", "name", "num_classes", "dtype", "axis_name", "conv_weight_grad", "depth")
+    or f.name == "depth"
+    and name in ("cifar_resnet", "preact_resnet")
+  }
 
 
 def unknown_field_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -79,8 +106,10 @@ def unknown_field_problems(config: ml_collections.ConfigDict) -> list[str]:
     fields = list(_net_fields(name))
     for key in config.model:
       if key != "name" and key not in fields:
-        problems.append(f"model.{key}: {name} has no such field.{did_you_mean(key, fields)} Its fields: "
-                        f"{', '.join(fields) or 'none'}.")
+        problems.append(
+          f"model.{key}: {name} has no such field.{did_you_mean(key, fields)} Its fields: "
+          f"{', '.join(fields) or 'none'}."
+        )
   return problems
 
 
@@ -88,8 +117,11 @@ def missing_field_problems(config: ml_collections.ConfigDict) -> list[str]:
   """Fields of configs/default.py the config lacks (the model's aside: each net has its own).
   The code reads every field as an attribute: configs/default.py states each default once."""
   flat = _flat(config)
-  return [f"{key}: missing; a config file starts from configs/default.py's get_config() and changes fields"
-          for key in _flat(default.get_config()) if not key.startswith("model.") and key not in flat]
+  return [
+    f"{key}: missing; a config file starts from configs/default.py's get_config() and changes fields"
+    for key in _flat(default.get_config())
+    if not key.startswith("model.") and key not in flat
+  ]
 
 
 def _type_ok(value: Any, like: Any) -> bool:
@@ -149,47 +181,64 @@ def model_problems(config: ml_collections.ConfigDict) -> list[str]:
   """A known model, and a depth (and shortcut) that net can be built with."""
   model = config.get("model")
   if model is None or model.get("name") not in nets.names():
-    return [f"model.name = {model and model.get('name')!r}: unknown model; set --config.model.name to one of "
-            f"{', '.join(nets.names())}."]
+    return [
+      f"model.name = {model and model.get('name')!r}: unknown model; set --config.model.name to one of "
+      f"{', '.join(nets.names())}."
+    ]
   problems = []
   try:
     if model.name == "cifar_resnet":
       fields = _net_fields("cifar_resnet")
-      cifar_resnet.check_options(*(model.get(k, fields[k].default)
-                                   for k in ("depth", "residual", "shortcut", "zero_init_residual")))
+      cifar_resnet.check_options(
+        *(model.get(k, fields[k].default) for k in ("depth", "residual", "shortcut", "zero_init_residual"))
+      )
     elif model.name == "preact_resnet":
       fields = _net_fields("preact_resnet")
-      preact_resnet.units_per_stage(model.get("depth", fields["depth"].default),
-                                    model.get("bottleneck", fields["bottleneck"].default))
+      preact_resnet.units_per_stage(
+        model.get("depth", fields["depth"].default), model.get("bottleneck", fields["bottleneck"].default)
+      )
   except ValueError as e:
     problems.append(str(e))
   return problems
 
 
-def batch_problems(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1,
-                   resuming: bool = False) -> list[str]:
+def batch_problems(
+  config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1, resuming: bool = False
+) -> list[str]:
   """The global batch must split evenly over the devices of all processes. A resumed run
   must keep its batch_size (see checkpoints.MUST_MATCH): only the devices can change."""
   if config.batch_size < 1 or config.batch_size % num_devices == 0:
     return []
-  devices = ("fewer devices (--config.num_devices=...)" if num_processes == 1 else
-             "another number of processes or devices per process")
-  fix = (f"this run resumes with batch_size {config.batch_size}, so use {devices}, dividing it" if resuming
-         else f"use a multiple of {num_devices} (--config.batch_size=...) or {devices}")
-  return [f"batch_size {config.batch_size} does not divide over {num_devices} devices"
-          + (f" ({num_processes} processes)" if num_processes > 1 else "") + f"; {fix}."]
+  devices = (
+    "fewer devices (--config.num_devices=...)"
+    if num_processes == 1
+    else "another number of processes or devices per process"
+  )
+  fix = (
+    f"this run resumes with batch_size {config.batch_size}, so use {devices}, dividing it"
+    if resuming
+    else f"use a multiple of {num_devices} (--config.batch_size=...) or {devices}"
+  )
+  return [
+    f"batch_size {config.batch_size} does not divide over {num_devices} devices"
+    + (f" ({num_processes} processes)" if num_processes > 1 else "")
+    + f"; {fix}."
+  ]
 
 
-def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None,
-                    num_devices: int | None = None) -> None:
+def validate_config(
+  config: ml_collections.ConfigDict, workdir: str | None = None, num_devices: int | None = None
+) -> None:
   """Raises a ConfigError listing every problem of `config` (and of `workdir`: it must not
   be a file); `num_devices`, when known, must divide the batch."""
   problems = unknown_field_problems(config) + missing_field_problems(config) + type_problems(config)
   if not problems:  # ranges of values of the wrong type would only repeat the type problem
     problems += range_problems(config)
     if num_devices and config.num_devices > num_devices:
-      problems.append(f"num_devices = {config.num_devices}: only {num_devices} devices here; "
-                      "set --config.num_devices to at most that (0: all).")
+      problems.append(
+        f"num_devices = {config.num_devices}: only {num_devices} devices here; "
+        "set --config.num_devices to at most that (0: all)."
+      )
     elif num_devices:
       problems += batch_problems(config, config.num_devices or num_devices)
   if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):

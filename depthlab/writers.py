@@ -4,14 +4,15 @@ Only process 0 writes; the others get a `MetricWriter` that does nothing. A wand
 failure is reported once and never stops training.
 """
 
+from collections.abc import Mapping
 import errno
 import json
 import netrc
 import os
 import sys
-import uuid
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlparse
+import uuid
 
 import ml_collections
 
@@ -26,8 +27,10 @@ class StorageError(OSError):
 def storage_error(what: str, path: str, error: BaseException) -> StorageError:
   """A StorageError saying that `what` could not be written to `path`, and why."""
   cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
-  return StorageError(f"Cannot write {what} to {path}: {cause}. Free space there, make it writable, "
-                      "or use another --workdir; then run the same command again to resume.")
+  return StorageError(
+    f"Cannot write {what} to {path}: {cause}. Free space there, make it writable, "
+    "or use another --workdir; then run the same command again to resume."
+  )
 
 
 def check_writable(folder: str) -> None:
@@ -74,8 +77,9 @@ def resolve_wandb_mode(mode: str, environ: Mapping[str, str] = os.environ, netrc
   if mode == "auto":
     mode = environ.get("WANDB_MODE") or "online"
   if mode == "online" and not has_wandb_credentials(environ, netrc_path):
-    print("wandb: no credentials (WANDB_API_KEY or `wandb login`); logging offline, "
-          "`wandb sync` uploads later.", flush=True)
+    print(
+      "wandb: no credentials (WANDB_API_KEY or `wandb login`); logging offline, `wandb sync` uploads later.", flush=True
+    )
     mode = "offline"
   return mode
 
@@ -108,11 +112,12 @@ def read_metrics_file(path: str) -> list[dict[str, float]]:
         raise ValueError("not a metrics line")
     except ValueError as e:  # UnicodeDecodeError and json's errors are ValueErrors
       if i == len(numbered) - 1:
-        print(f"{path}: line {number} is incomplete (a write cut short); skipping it.",
-              file=sys.stderr, flush=True)
+        print(f"{path}: line {number} is incomplete (a write cut short); skipping it.", file=sys.stderr, flush=True)
         break
-      raise MetricsFileError(f"{path}: line {number} is not a metrics line ({e}: {raw[:80]!r}); "
-                             "only the last line may be incomplete. Remove or repair that line.") from e
+      raise MetricsFileError(
+        f"{path}: line {number} is not a metrics line ({e}: {raw[:80]!r}); "
+        "only the last line may be incomplete. Remove or repair that line."
+      ) from e
     lines.append(line)
   return lines
 
@@ -136,8 +141,15 @@ def keep_lines_up_to(path: str, step: int) -> None:
 class MetricWriter:
   """Writes metrics lines to metrics.jsonl, the console and wandb (a context manager)."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, run_name: str,
-               num_params: int, first_step: int = 0, active: bool = True):
+  def __init__(
+    self,
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    run_name: str,
+    num_params: int,
+    first_step: int = 0,
+    active: bool = True,
+  ):
     self.active = active
     self.total_steps = config.total_steps
     self._wandb_run = None
@@ -165,6 +177,7 @@ class MetricWriter:
       return
     try:
       import wandb  # pylint: disable=g-import-not-at-top
+
       if os.environ.get("WANDB_SWEEP_ID"):
         # In a sweep the agent sets the run's id (a requeued run gets its old one back),
         # project and entity; wandb would ignore ours with a warning.
@@ -173,8 +186,14 @@ class MetricWriter:
         # The run id lives in the workdir, so that a resumed run continues the same wandb run.
         where = {"project": config.wandb.project, "entity": config.wandb.entity, "id": self._run_id(workdir)}
       self._wandb_run = wandb.init(
-          name=run_name, group=config.wandb.group or config.experiment or None, resume="allow",
-          config=flatten_config(config), mode=mode, dir=workdir, **where)
+        name=run_name,
+        group=config.wandb.group or config.experiment or None,
+        resume="allow",
+        config=flatten_config(config),
+        mode=mode,
+        dir=workdir,
+        **where,
+      )
       self._wandb_run.summary["num_params"] = num_params
     except Exception as e:  # pylint: disable=broad-except
       print(f"wandb: could not start ({e}); training goes on without it.", file=sys.stderr, flush=True)
@@ -251,8 +270,11 @@ class MetricWriter:
       return
     for path in self._paths:
       if not os.path.exists(path):
-        raise storage_error(os.path.basename(path), os.path.dirname(path),
-                            FileNotFoundError(errno.ENOENT, "it was deleted during the run"))
+        raise storage_error(
+          os.path.basename(path),
+          os.path.dirname(path),
+          FileNotFoundError(errno.ENOENT, "it was deleted during the run"),
+        )
 
   def summarize(self, summary: Mapping[str, Any]) -> None:
     """The run's final numbers, for wandb's summary."""

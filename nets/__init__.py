@@ -8,8 +8,9 @@ except a net with auxiliary classifiers in training (GoogLeNet), which returns
 config.aux_loss_weight.
 """
 
+from collections.abc import Callable
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -18,13 +19,13 @@ import numpy as np
 from nets import alexnet, cifar_resnet, googlenet, lenet, preact_resnet, resnet, vgg
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "cifar_resnet": cifar_resnet.CifarResNet,
-    "preact_resnet": preact_resnet.PreActResNet,
-    "lenet5": lenet.LeNet5,
-    "alexnet": alexnet.AlexNet,
-    "googlenet": googlenet.GoogLeNet,
-    **{f"vgg{depth}": functools.partial(vgg.VGG, depth=depth) for depth in vgg.STAGES},
-    **{f"resnet{depth}": functools.partial(resnet.ResNet, depth=depth) for depth in resnet.STAGES},
+  "cifar_resnet": cifar_resnet.CifarResNet,
+  "preact_resnet": preact_resnet.PreActResNet,
+  "lenet5": lenet.LeNet5,
+  "alexnet": alexnet.AlexNet,
+  "googlenet": googlenet.GoogLeNet,
+  **{f"vgg{depth}": functools.partial(vgg.VGG, depth=depth) for depth in vgg.STAGES},
+  **{f"resnet{depth}": functools.partial(resnet.ResNet, depth=depth) for depth in resnet.STAGES},
 }
 
 

@@ -35,16 +35,17 @@ from nets.layers import Classifier, ConvReLU, DenseReLU, Pool, local_response_no
 
 # (filters, kernel, stride, groups, LRN after it, max pool after it)
 LAYERS = (
-    (96, 11, 4, 1, True, True),
-    (256, 5, 1, 2, True, True),
-    (384, 3, 1, 1, False, False),
-    (384, 3, 1, 2, False, False),
-    (256, 3, 1, 2, False, True),
+  (96, 11, 4, 1, True, True),
+  (256, 5, 1, 2, True, True),
+  (384, 3, 1, 1, False, False),
+  (384, 3, 1, 2, False, False),
+  (256, 3, 1, 2, False, True),
 )
 
 
 class AlexNet(nn.Module):
   """AlexNet for 227x227 inputs, or with `cifar_stem` for 32x32 ones."""
+
   num_classes: int = 1000
   grouped: bool = True  # the paper's two-GPU channel grouping in conv2, conv4 and conv5
   cifar_stem: bool = False  # 3x3/1 conv1 for 32x32 inputs
@@ -60,8 +61,16 @@ class AlexNet(nn.Module):
       if i == 1 and self.cifar_stem:
         kernel, strides = 3, 1
       padding = "VALID" if i == 1 and not self.cifar_stem else None
-      x = ConvReLU(features, kernel, strides, padding, groups if self.grouped else 1,
-                   dtype=self.dtype, conv_weight_grad=self.conv_weight_grad, name=f"conv{i}")(x)
+      x = ConvReLU(
+        features,
+        kernel,
+        strides,
+        padding,
+        groups if self.grouped else 1,
+        dtype=self.dtype,
+        conv_weight_grad=self.conv_weight_grad,
+        name=f"conv{i}",
+      )(x)
       if lrn:
         x = local_response_norm(x)
       if pool:

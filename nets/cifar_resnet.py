@@ -18,7 +18,8 @@ at zero, so that every residual block begins as the identity (Goyal et al. 2017)
 nets have no equivalent: it would start every block's output at zero.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,8 +34,9 @@ def blocks_per_stage(depth: int) -> int:
   """Returns n for a depth 6n+2, or raises ValueError naming valid depths."""
   if depth < 8 or (depth - 2) % 6:
     raise ValueError(
-        f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202, ...); got {depth}."
-        " Set --config.model.depth to one of those.")
+      f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202, ...); got {depth}."
+      " Set --config.model.depth to one of those."
+    )
   return (depth - 2) // 6
 
 
@@ -45,25 +47,29 @@ def check_options(depth: int, residual: bool, shortcut: str, zero_init_residual:
   if shortcut not in SHORTCUTS:
     raise ValueError(f"model.shortcut must be one of {SHORTCUTS}; got {shortcut!r}.")
   if zero_init_residual and not residual:
-    raise ValueError("model.zero_init_residual needs a residual net: a plain net's blocks would all start "
-                     "at zero. Set --config.model.zero_init_residual=False for model.residual=False.")
+    raise ValueError(
+      "model.zero_init_residual needs a residual net: a plain net's blocks would all start "
+      "at zero. Set --config.model.zero_init_residual=False for model.residual=False."
+    )
   return n
 
 
 class ShortcutA(nn.Module):
   """Parameter-free shortcut: stride-2 subsampling, new channels zero."""
+
   features: int
   strides: int
 
   @nn.compact
   def __call__(self, x):
-    x = x[:, ::self.strides, ::self.strides, :]
+    x = x[:, :: self.strides, :: self.strides, :]
     extra = self.features - x.shape[-1]
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
 
 
 class BasicBlock(nn.Module):
   """Two 3x3 conv + BN layers; with `residual`, the input is added before the last ReLU."""
+
   features: int
   strides: int
   residual: bool
@@ -92,6 +98,7 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
   """ResNet (or plain net) of depth 6n+2 for 32x32 inputs."""
+
   depth: int = 56
   residual: bool = True
   shortcut: str = "A"
@@ -115,8 +122,16 @@ class CifarResNet(nn.Module):
     for stage, features in enumerate(STAGE_WIDTHS):
       for block in range(n):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(features, strides, self.residual, self.shortcut, conv, norm, self.zero_init_residual,
-                       name=f"block{stage * n + block + 1}")(x)
+        x = BasicBlock(
+          features,
+          strides,
+          self.residual,
+          self.shortcut,
+          conv,
+          norm,
+          self.zero_init_residual,
+          name=f"block{stage * n + block + 1}",
+        )(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
     return jnp.asarray(x, jnp.float32)

@@ -23,16 +23,17 @@ field `conv_weight_grad`, one of MODES: "auto" (patches on CPU, lax elsewhere), 
 or "lax"; train.py's create_model passes config.conv_weight_grad. Nothing else decides it.
 """
 
+from collections.abc import Callable, Mapping, Sequence
 import functools
 import importlib.metadata
 import importlib.util
 import os
 import pkgutil
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
 MODES = ("auto", "patches", "lax")
@@ -55,6 +56,7 @@ def accelerator_plugins() -> list[str]:
   found = []
   try:
     import jax_plugins  # pylint: disable=g-import-not-at-top
+
     found += [name for _, name, _ in pkgutil.iter_modules(jax_plugins.__path__)]
   except ImportError:
     pass
@@ -107,20 +109,44 @@ def uses_patches(weight_grad: str) -> bool:
   return weight_grad == "patches" or (weight_grad == "auto" and jax.default_backend() == "cpu")
 
 
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-                         padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
-                         rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
-                         feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
-                         preferred_element_type: Any = None, *, weight_grad: str = "auto") -> jax.Array:
+def conv_general_dilated(
+  lhs: jax.Array,
+  rhs: jax.Array,
+  window_strides: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision: Any = None,
+  preferred_element_type: Any = None,
+  *,
+  weight_grad: str = "auto",
+) -> jax.Array:
   """lax.conv_general_dilated; for the nets' plain NHWC convolutions, with the gradient above
   where `weight_grad` (one of MODES) says so."""
   conv = functools.partial(
-      lax.conv_general_dilated, window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-      batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type)
-  plain = (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
-           and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
-           and preferred_element_type is None and is_nhwc_hwio(dimension_numbers, lhs.shape, rhs.shape))
+    lax.conv_general_dilated,
+    window_strides=window_strides,
+    padding=padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
+  plain = (
+    lhs.ndim == 4
+    and feature_group_count == 1
+    and batch_group_count == 1
+    and all(d == 1 for d in (lhs_dilation or (1, 1)))
+    and all(d == 1 for d in (rhs_dilation or (1, 1)))
+    and preferred_element_type is None
+    and is_nhwc_hwio(dimension_numbers, lhs.shape, rhs.shape)
+  )
   if not (plain and uses_patches(check_mode(weight_grad))):
     return conv(lhs, rhs)
   if isinstance(padding, str):
@@ -164,7 +190,8 @@ def _conv_forward(x, w, strides, padding, precision):
 def _conv_backward(strides, padding, precision, residuals, dy):
   x, w = residuals
   _, input_vjp = jax.vjp(
-      lambda x: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC, precision=precision), x)
+    lambda x: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC, precision=precision), x
+  )
   (dx,) = input_vjp(dy)
   return dx, weight_grad_by_patches(x, dy, w.shape, strides, padding).astype(w.dtype)
 
@@ -172,8 +199,9 @@ def _conv_backward(strides, padding, precision, residuals, dy):
 _conv.defvjp(_conv_forward, _conv_backward)
 
 
-def weight_grad_by_patches(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int], strides: Sequence[int],
-                           padding: Sequence[tuple[int, int]]) -> jax.Array:
+def weight_grad_by_patches(
+  x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int], strides: Sequence[int], padding: Sequence[tuple[int, int]]
+) -> jax.Array:
   """The gradient of an NHWC/HWIO convolution's kernel, from its input and output gradient."""
   kh, kw, c, d = kernel_shape
   (sh, sw), (ho, wo) = strides, dy.shape[1:3]
@@ -195,6 +223,9 @@ def weight_grad_by_patches(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[i
     grad = chunk_grad(x, dy)
   else:
     chunks = lambda a: a.reshape(n // per_chunk, per_chunk, *a.shape[1:])
-    grad, _ = lax.scan(lambda total, xd: (total + chunk_grad(*xd), None),
-                       jnp.zeros((kh * kw * c, d), jnp.float32), (chunks(x), chunks(dy)))
+    grad, _ = lax.scan(
+      lambda total, xd: (total + chunk_grad(*xd), None),
+      jnp.zeros((kh * kw * c, d), jnp.float32),
+      (chunks(x), chunks(dy)),
+    )
   return grad.reshape(kh, kw, c, d)

@@ -50,15 +50,15 @@ from nets.layers import Classifier, ConvReLU, DenseReLU, Pool, local_response_no
 
 # Table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 INCEPTION = {
-    "3a": (64, 96, 128, 16, 32, 32),
-    "3b": (128, 128, 192, 32, 96, 64),
-    "4a": (192, 96, 208, 16, 48, 64),
-    "4b": (160, 112, 224, 24, 64, 64),
-    "4c": (128, 128, 256, 24, 64, 64),
-    "4d": (112, 144, 288, 32, 64, 64),
-    "4e": (256, 160, 320, 32, 128, 128),
-    "5a": (256, 160, 320, 32, 128, 128),
-    "5b": (384, 192, 384, 48, 128, 128),
+  "3a": (64, 96, 128, 16, 32, 32),
+  "3b": (128, 128, 192, 32, 96, 64),
+  "4a": (192, 96, 208, 16, 48, 64),
+  "4b": (160, 112, 224, 24, 64, 64),
+  "4c": (128, 128, 256, 24, 64, 64),
+  "4d": (112, 144, 288, 32, 64, 64),
+  "4e": (256, 160, 320, 32, 128, 128),
+  "5a": (256, 160, 320, 32, 128, 128),
+  "5b": (384, 192, 384, 48, 128, 128),
 }
 MAX_POOL_AFTER = ("3b", "4e")
 AUX_AFTER = ("4a", "4d")
@@ -66,6 +66,7 @@ AUX_AFTER = ("4a", "4d")
 
 class Inception(nn.Module):
   """Four branches, concatenated along the channels."""
+
   widths: tuple[int, int, int, int, int, int]
   batch_norm: bool = False
   dtype: Any = jnp.float32
@@ -76,19 +77,26 @@ class Inception(nn.Module):
   def __call__(self, x, train: bool = False):
     c1, c3_reduce, c3, c5_reduce, c5, pool_proj = self.widths
     conv = lambda features, kernel, name: ConvReLU(
-        features, kernel, batch_norm=self.batch_norm, dtype=self.dtype,
-        axis_name=self.axis_name, conv_weight_grad=self.conv_weight_grad, name=name)
+      features,
+      kernel,
+      batch_norm=self.batch_norm,
+      dtype=self.dtype,
+      axis_name=self.axis_name,
+      conv_weight_grad=self.conv_weight_grad,
+      name=name,
+    )
     branches = [
-        conv(c1, 1, "1x1")(x, train),
-        conv(c3, 3, "3x3")(conv(c3_reduce, 1, "3x3_reduce")(x, train), train),
-        conv(c5, 5, "5x5")(conv(c5_reduce, 1, "5x5_reduce")(x, train), train),
-        conv(pool_proj, 1, "pool_proj")(Pool(3, 1, padding="SAME")(x), train),
+      conv(c1, 1, "1x1")(x, train),
+      conv(c3, 3, "3x3")(conv(c3_reduce, 1, "3x3_reduce")(x, train), train),
+      conv(c5, 5, "5x5")(conv(c5_reduce, 1, "5x5_reduce")(x, train), train),
+      conv(pool_proj, 1, "pool_proj")(Pool(3, 1, padding="SAME")(x), train),
     ]
     return jnp.concatenate(branches, axis=-1)
 
 
 class AuxClassifier(nn.Module):
   """Section 5's auxiliary classifier on an intermediate output."""
+
   num_classes: int
   batch_norm: bool = False
   dtype: Any = jnp.float32
@@ -98,14 +106,21 @@ class AuxClassifier(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = Pool(5, 3, kind="avg")(x)
-    x = ConvReLU(128, 1, batch_norm=self.batch_norm, dtype=self.dtype,
-                 axis_name=self.axis_name, conv_weight_grad=self.conv_weight_grad)(x, train)
+    x = ConvReLU(
+      128,
+      1,
+      batch_norm=self.batch_norm,
+      dtype=self.dtype,
+      axis_name=self.axis_name,
+      conv_weight_grad=self.conv_weight_grad,
+    )(x, train)
     x = DenseReLU(1024, 0.7, self.dtype)(x, train)
     return Classifier(self.num_classes, self.dtype)(x)
 
 
 class GoogLeNet(nn.Module):
   """GoogLeNet for 224x224 inputs, or with `cifar_stem` for 32x32 ones."""
+
   num_classes: int = 1000
   aux_heads: bool = True  # the two auxiliary classifiers (training only)
   batch_norm: bool = False
@@ -117,8 +132,15 @@ class GoogLeNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = lambda features, kernel, strides, name: ConvReLU(
-        features, kernel, strides, batch_norm=self.batch_norm, dtype=self.dtype,
-        axis_name=self.axis_name, conv_weight_grad=self.conv_weight_grad, name=name)
+      features,
+      kernel,
+      strides,
+      batch_norm=self.batch_norm,
+      dtype=self.dtype,
+      axis_name=self.axis_name,
+      conv_weight_grad=self.conv_weight_grad,
+      name=name,
+    )
     lrn = (lambda x: x) if self.batch_norm else local_response_norm
     x = jnp.asarray(x, self.dtype)
     if self.cifar_stem:
@@ -132,12 +154,16 @@ class GoogLeNet(nn.Module):
 
     aux_logits = []
     for name, widths in INCEPTION.items():
-      x = Inception(widths, self.batch_norm, self.dtype, self.axis_name, self.conv_weight_grad,
-                    name=f"inception_{name}")(x, train)
+      x = Inception(
+        widths, self.batch_norm, self.dtype, self.axis_name, self.conv_weight_grad, name=f"inception_{name}"
+      )(x, train)
       # Built at initialisation too, so that the parameters exist for training.
       if name in AUX_AFTER and self.aux_heads and (train or self.is_initializing()):
-        aux_logits.append(AuxClassifier(self.num_classes, self.batch_norm, self.dtype, self.axis_name,
-                                        self.conv_weight_grad, name=f"aux_{name}")(x, train))
+        aux_logits.append(
+          AuxClassifier(
+            self.num_classes, self.batch_norm, self.dtype, self.axis_name, self.conv_weight_grad, name=f"aux_{name}"
+          )(x, train)
+        )
       if name in MAX_POOL_AFTER:
         x = Pool(3, 2, padding="SAME", name=f"pool{name[0]}")(x)
 

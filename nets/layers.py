@@ -6,7 +6,8 @@ connected layer), so that `python -m nets.summary` can list them. Pooling is the
 a module here, not a bare function.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -31,21 +32,35 @@ def conv_factory(dtype: Any, weight_grad: str, use_bias: bool = False) -> Callab
   """
   conv_general_dilated_cls = cpu_conv.conv_general_dilated_cls(weight_grad)
   return lambda features, kernel, strides=1, padding=None, **kw: nn.Conv(
-      features, kernel, strides, padding=padding or [(k // 2, k // 2) for k in kernel],
-      use_bias=use_bias, kernel_init=he_normal, dtype=dtype,
-      conv_general_dilated_cls=conv_general_dilated_cls, **kw)
+    features,
+    kernel,
+    strides,
+    padding=padding or [(k // 2, k // 2) for k in kernel],
+    use_bias=use_bias,
+    kernel_init=he_normal,
+    dtype=dtype,
+    conv_general_dilated_cls=conv_general_dilated_cls,
+    **kw,
+  )
 
 
-def norm_factory(train: bool, dtype: Any, axis_name: str | None, momentum: float = 0.9,
-                 epsilon: float = 1e-5) -> Callable[..., nn.Module]:
+def norm_factory(
+  train: bool, dtype: Any, axis_name: str | None, momentum: float = 0.9, epsilon: float = 1e-5
+) -> Callable[..., nn.Module]:
   """`norm(**kw)`: batch norm on the batch's statistics in training, the running ones otherwise."""
   return lambda **kw: nn.BatchNorm(
-      use_running_average=not train, momentum=momentum, epsilon=epsilon, dtype=dtype,
-      axis_name=axis_name if train else None, **kw)
+    use_running_average=not train,
+    momentum=momentum,
+    epsilon=epsilon,
+    dtype=dtype,
+    axis_name=axis_name if train else None,
+    **kw,
+  )
 
 
-def local_response_norm(x: jax.Array, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
-                        beta: float = 0.75) -> jax.Array:
+def local_response_norm(
+  x: jax.Array, size: int = 5, k: float = 2.0, alpha: float = 1e-4, beta: float = 0.75
+) -> jax.Array:
   """Krizhevsky et al. 2012, section 3.3: each activation divided by
   (k + alpha * sum of squares over `size` neighbouring channels) ** beta."""
   squares = jnp.square(x)
@@ -57,6 +72,7 @@ def local_response_norm(x: jax.Array, size: int = 5, k: float = 2.0, alpha: floa
 
 class Pool(nn.Module):
   """Max or average pooling over `window` x `window` patches: one row of a table."""
+
   window: int
   strides: int
   kind: str = "max"  # or "avg"
@@ -74,6 +90,7 @@ class ConvReLU(nn.Module):
   Without batch norm the convolution has a bias, as in the papers; with it, the bias is
   the batch norm's.
   """
+
   features: int
   kernel: int
   strides: int = 1
@@ -87,8 +104,7 @@ class ConvReLU(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = conv_factory(self.dtype, self.conv_weight_grad, use_bias=not self.batch_norm)
-    x = conv(self.features, (self.kernel, self.kernel), self.strides, self.padding,
-             feature_group_count=self.groups)(x)
+    x = conv(self.features, (self.kernel, self.kernel), self.strides, self.padding, feature_group_count=self.groups)(x)
     if self.batch_norm:
       x = norm_factory(train, self.dtype, self.axis_name)()(x)
     return nn.relu(x)
@@ -96,6 +112,7 @@ class ConvReLU(nn.Module):
 
 class DenseReLU(nn.Module):
   """A hidden fully connected layer of a table: dense + ReLU + dropout (flattens its input)."""
+
   features: int
   dropout: float = 0.5
   dtype: Any = jnp.float32
@@ -109,6 +126,7 @@ class DenseReLU(nn.Module):
 
 class Classifier(nn.Module):
   """The last fully connected layer (flattens its input); logits in float32."""
+
   num_classes: int
   dtype: Any = jnp.float32
 

@@ -37,10 +37,22 @@ from nets.layers import Classifier
 
 # Table I of the paper: the S2 maps each C3 map reads.
 C3_TABLE = (
-    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (4, 5, 0), (5, 0, 1),
-    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (3, 4, 5, 0), (4, 5, 0, 1), (5, 0, 1, 2),
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
-    (0, 1, 2, 3, 4, 5),
+  (0, 1, 2),
+  (1, 2, 3),
+  (2, 3, 4),
+  (3, 4, 5),
+  (4, 5, 0),
+  (5, 0, 1),
+  (0, 1, 2, 3),
+  (1, 2, 3, 4),
+  (2, 3, 4, 5),
+  (3, 4, 5, 0),
+  (4, 5, 0, 1),
+  (5, 0, 1, 2),
+  (0, 1, 3, 4),
+  (1, 2, 4, 5),
+  (0, 2, 3, 5),
+  (0, 1, 2, 3, 4, 5),
 )
 
 
@@ -52,6 +64,7 @@ def scaled_tanh(x: jax.Array) -> jax.Array:
 class ConvTanh(nn.Module):
   """A C layer: a 5x5 "VALID" conv + scaled tanh; with `table`, map j reads only the
   input maps table[j], and only those weights exist."""
+
   features: int
   table: tuple[tuple[int, ...], ...] | None = None
   dtype: Any = jnp.float32
@@ -59,8 +72,13 @@ class ConvTanh(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, kernel_size=(5, 5), padding="VALID", dtype=self.dtype,
-                             conv_general_dilated_cls=cpu_conv.conv_general_dilated_cls(self.conv_weight_grad))
+    conv = functools.partial(
+      nn.Conv,
+      kernel_size=(5, 5),
+      padding="VALID",
+      dtype=self.dtype,
+      conv_general_dilated_cls=cpu_conv.conv_general_dilated_cls(self.conv_weight_grad),
+    )
     if self.table is None:
       return scaled_tanh(conv(self.features)(x))
     # One single-filter conv per C3 map, over the maps it reads: only the table's weights exist.
@@ -71,6 +89,7 @@ class ConvTanh(nn.Module):
 class Subsampling(nn.Module):
   """An S layer: 2x2 average with stride 2; `trainable`: the paper's unit, tanh(c * sum + b)
   with one coefficient and one bias per map."""
+
   trainable: bool = False
 
   @nn.compact
@@ -85,6 +104,7 @@ class Subsampling(nn.Module):
 
 class DenseTanh(nn.Module):
   """F6: a full connection + scaled tanh."""
+
   features: int
   dtype: Any = jnp.float32
 
@@ -96,19 +116,21 @@ class DenseTanh(nn.Module):
 class RBFOutput(nn.Module):
   """The paper's output layer: unit i gives the squared distance of F6 to its centre w_i;
   returned negated, as logits."""
+
   num_classes: int
 
   @nn.compact
   def __call__(self, x):
     centres = self.param(
-        "centres", lambda key, shape: jax.random.rademacher(key, shape, jnp.float32),
-        (self.num_classes, x.shape[-1]))
+      "centres", lambda key, shape: jax.random.rademacher(key, shape, jnp.float32), (self.num_classes, x.shape[-1])
+    )
     x = jnp.asarray(x, jnp.float32)
     return -jnp.sum(jnp.square(x[:, None, :] - centres), axis=-1)
 
 
 class LeNet5(nn.Module):
   """LeNet-5 for 32x32 inputs of any number of channels."""
+
   num_classes: int = 10
   sparse_c3: bool = False  # the paper's Table I connections between S2 and C3
   trainable_pooling: bool = False  # the paper's S2/S4 units: tanh(coefficient * sum + bias)

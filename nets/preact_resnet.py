@@ -17,7 +17,8 @@ pre-activated input. ResNet-164 (bottleneck, n=18): 1,703,258 parameters; ResNet
 1,730,522.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,13 +34,16 @@ def units_per_stage(depth: int, bottleneck: bool) -> int:
   layers_per_unit = 3 if bottleneck else 2
   if depth < 3 * layers_per_unit + 2 or (depth - 2) % (3 * layers_per_unit):
     kind, examples = ("9n+2", "164, 1001") if bottleneck else ("6n+2", "20, 56, 110")
-    raise ValueError(f"A {'bottleneck' if bottleneck else 'basic'} pre-activation ResNet has "
-                     f"depth {kind} (e.g. {examples}); got {depth}. Set --config.model.depth.")
+    raise ValueError(
+      f"A {'bottleneck' if bottleneck else 'basic'} pre-activation ResNet has "
+      f"depth {kind} (e.g. {examples}); got {depth}. Set --config.model.depth."
+    )
   return (depth - 2) // (3 * layers_per_unit)
 
 
 class PreActUnit(nn.Module):
   """BN-ReLU-conv, twice (basic) or three times (bottleneck); the input added to the output."""
+
   features: int
   strides: int
   bottleneck: bool
@@ -66,6 +70,7 @@ class PreActUnit(nn.Module):
 
 class PreActResNet(nn.Module):
   """A pre-activation ResNet of depth 9n+2 (bottleneck) or 6n+2 (basic) for 32x32 inputs."""
+
   depth: int = 164
   bottleneck: bool = True
   num_classes: int = 10
@@ -83,8 +88,7 @@ class PreActResNet(nn.Module):
     for stage, features in enumerate(STAGE_WIDTHS):
       for unit in range(n):
         strides = 2 if stage > 0 and unit == 0 else 1
-        x = PreActUnit(features, strides, self.bottleneck, conv, norm,
-                       name=f"stage{stage + 1}_{unit + 1}")(x)
+        x = PreActUnit(features, strides, self.bottleneck, conv, norm, name=f"stage{stage + 1}_{unit + 1}")(x)
     x = nn.relu(norm(name="final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     return Classifier(self.num_classes, self.dtype, name="fc")(x)

@@ -26,7 +26,8 @@ conv instead ("ResNet v1.5", as in Facebook's and Flax's ImageNet code: 4.09 / 7
 stages run at 32, 16, 8 and 4 pixels.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -37,16 +38,17 @@ from nets.layers import Classifier, ConvReLU, Pool, conv_factory, norm_factory
 STAGE_WIDTHS = (64, 128, 256, 512)
 # depth: (bottleneck blocks?, blocks per stage)
 STAGES = {
-    18: (False, (2, 2, 2, 2)),
-    34: (False, (3, 4, 6, 3)),
-    50: (True, (3, 4, 6, 3)),
-    101: (True, (3, 4, 23, 3)),
-    152: (True, (3, 8, 36, 3)),
+  18: (False, (2, 2, 2, 2)),
+  34: (False, (3, 4, 6, 3)),
+  50: (True, (3, 4, 6, 3)),
+  101: (True, (3, 4, 23, 3)),
+  152: (True, (3, 8, 36, 3)),
 }
 
 
 class BottleneckBlock(nn.Module):
   """1x1 (width), 3x3 (width), 1x1 (4 x width) convs with batch norm; shortcut added before the last ReLU."""
+
   features: int
   strides: int
   stride_in_3x3: bool
@@ -68,6 +70,7 @@ class BottleneckBlock(nn.Module):
 
 class ResNet(nn.Module):
   """ResNet-18/34/50/101/152 for 224x224 inputs, or with `cifar_stem` for 32x32 ones."""
+
   depth: int = 50
   num_classes: int = 1000
   stride_in_3x3: bool = False  # "v1.5": stride 2 in the bottleneck's 3x3 conv, not its first 1x1
@@ -86,11 +89,26 @@ class ResNet(nn.Module):
 
     x = jnp.asarray(x, self.dtype)
     if self.cifar_stem:
-      x = ConvReLU(64, 3, batch_norm=True, dtype=self.dtype, axis_name=self.axis_name,
-                   conv_weight_grad=self.conv_weight_grad, name="conv1")(x, train)
+      x = ConvReLU(
+        64,
+        3,
+        batch_norm=True,
+        dtype=self.dtype,
+        axis_name=self.axis_name,
+        conv_weight_grad=self.conv_weight_grad,
+        name="conv1",
+      )(x, train)
     else:
-      x = ConvReLU(64, 7, 2, batch_norm=True, dtype=self.dtype, axis_name=self.axis_name,
-                   conv_weight_grad=self.conv_weight_grad, name="conv1")(x, train)
+      x = ConvReLU(
+        64,
+        7,
+        2,
+        batch_norm=True,
+        dtype=self.dtype,
+        axis_name=self.axis_name,
+        conv_weight_grad=self.conv_weight_grad,
+        name="conv1",
+      )(x, train)
       x = Pool(3, 2, padding="SAME", name="pool1")(x)
     for stage, (features, count) in enumerate(zip(STAGE_WIDTHS, counts)):
       for block in range(count):

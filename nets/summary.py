@@ -24,9 +24,10 @@ so this walks the same calls with nn.intercept_methods.
 import argparse
 import ast
 import collections
+from collections.abc import Sequence
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -36,10 +37,10 @@ import nets
 
 # The input each net was published for (height, width, channels) and its classes.
 CANONICAL_INPUT = {
-    "lenet5": ((32, 32, 1), 10),
-    "alexnet": ((227, 227, 3), 1000),
-    "cifar_resnet": ((32, 32, 3), 10),
-    "preact_resnet": ((32, 32, 3), 10),
+  "lenet5": ((32, 32, 1), 10),
+  "alexnet": ((227, 227, 3), 1000),
+  "cifar_resnet": ((32, 32, 3), 10),
+  "preact_resnet": ((32, 32, 3), 10),
 }
 IMAGENET_INPUT = ((224, 224, 3), 1000)
 
@@ -47,6 +48,7 @@ IMAGENET_INPUT = ((224, 224, 3), 1000)
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One layer: its output for one image, its parameters and its multiply-adds."""
+
   name: str
   output_shape: tuple[int, ...]
   bytes_per_activation: int
@@ -64,8 +66,7 @@ class Row:
 
 def abstract_variables(model: nn.Module, input_shape: Sequence[int]) -> Any:
   """The shapes of the model's variables for one image of `input_shape` (nothing allocated)."""
-  return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
 
 
 def layer_table(model: nn.Module, input_shape: Sequence[int]) -> list[Row]:
@@ -83,8 +84,15 @@ def layer_table(model: nn.Module, input_shape: Sequence[int]) -> list[Row]:
       kernel = module.variables["params"]["kernel"].shape
       macs[module.path[0]] += math.prod(out.shape[1:]) * math.prod(kernel[:-1])
     if len(module.path) == 1:  # a child of the net: a row (called after its own children)
-      rows.append(Row(module.path[0], tuple(out.shape[1:]), out.dtype.itemsize,
-                      nets.count_params(module.variables.get("params", {})), macs[module.path[0]]))
+      rows.append(
+        Row(
+          module.path[0],
+          tuple(out.shape[1:]),
+          out.dtype.itemsize,
+          nets.count_params(module.variables.get("params", {})),
+          macs[module.path[0]],
+        )
+      )
     return out
 
   image = jnp.zeros((1, *input_shape))
@@ -104,8 +112,7 @@ def xla_flops(model: nn.Module, input_shape: Sequence[int]) -> float:
   """XLA's cost analysis of one image's forward pass at evaluation: every operation, a
   multiply-add as two flops, and multiplications by a conv's zero padding left out."""
   image = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
-      abstract_variables(model, input_shape), image)
+  lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(abstract_variables(model, input_shape), image)
   return lowered.cost_analysis()["flops"]
 
 
@@ -129,18 +136,21 @@ def format_table(model: nn.Module, input_shape: Sequence[int]) -> str:
   lines = [header, "-" * len(header)]
   for row in rows:
     shape = "x".join(map(str, row.output_shape))
-    lines.append(f"{row.name:<20} {shape:>16} {row.activations:>12,} {_megabytes(row.activation_bytes):>10} "
-                 f"{row.params:>13,} {_si(row.multiply_adds):>10}")
+    lines.append(
+      f"{row.name:<20} {shape:>16} {row.activations:>12,} {_megabytes(row.activation_bytes):>10} "
+      f"{row.params:>13,} {_si(row.multiply_adds):>10}"
+    )
   activations = sum(row.activations for row in rows)
   activation_bytes = sum(row.activation_bytes for row in rows)
-  lines += ["-" * len(header),
-            f"{'total':<20} {'':>16} {activations:>12,} {_megabytes(activation_bytes):>10} {params:>13,} "
-            f"{_si(macs):>10}",
-            f"Activations: {activations:,} per image, {activation_bytes / 1e6:.1f} MB "
-            f"({activation_bytes / 2**20:.1f} MiB) forward only (about twice that with the backward pass).",
-            f"Parameters: {params:,} ({params * 4 / 1e6:.1f} MB in float32).",
-            f"Multiply-adds: {macs:,} in convolutions and dense layers; XLA's cost analysis: "
-            f"{xla_flops(model, input_shape) / 1e9:.3g} GFLOPs (everything, padding left out)."]
+  lines += [
+    "-" * len(header),
+    f"{'total':<20} {'':>16} {activations:>12,} {_megabytes(activation_bytes):>10} {params:>13,} {_si(macs):>10}",
+    f"Activations: {activations:,} per image, {activation_bytes / 1e6:.1f} MB "
+    f"({activation_bytes / 2**20:.1f} MiB) forward only (about twice that with the backward pass).",
+    f"Parameters: {params:,} ({params * 4 / 1e6:.1f} MB in float32).",
+    f"Multiply-adds: {macs:,} in convolutions and dense layers; XLA's cost analysis: "
+    f"{xla_flops(model, input_shape) / 1e9:.3g} GFLOPs (everything, padding left out).",
+  ]
   in_rows = sum(row.params for row in rows)
   if in_rows != params:
     lines.append(f"  of which {params - in_rows:,} in layers used only in training (not in the rows).")

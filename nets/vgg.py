@@ -26,15 +26,16 @@ import jax.numpy as jnp
 from nets.layers import Classifier, ConvReLU, DenseReLU, Pool
 
 STAGES = {
-    11: ((64,), (128,), (256, 256), (512, 512), (512, 512)),
-    13: ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
-    16: ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
-    19: ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4),
+  11: ((64,), (128,), (256, 256), (512, 512), (512, 512)),
+  13: ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+  16: ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
+  19: ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4),
 }
 
 
 class VGG(nn.Module):
   """VGG-11/13/16/19 (configurations A/B/D/E)."""
+
   depth: int = 16
   num_classes: int = 1000
   batch_norm: bool = False
@@ -50,9 +51,15 @@ class VGG(nn.Module):
     x = jnp.asarray(x, self.dtype)
     for stage, widths in enumerate(STAGES[self.depth], start=1):
       for i, features in enumerate(widths, start=1):
-        x = ConvReLU(features, 3, batch_norm=self.batch_norm, dtype=self.dtype,
-                     axis_name=self.axis_name, conv_weight_grad=self.conv_weight_grad,
-                     name=f"conv{stage}_{i}")(x, train)
+        x = ConvReLU(
+          features,
+          3,
+          batch_norm=self.batch_norm,
+          dtype=self.dtype,
+          axis_name=self.axis_name,
+          conv_weight_grad=self.conv_weight_grad,
+          name=f"conv{stage}_{i}",
+        )(x, train)
       x = Pool(2, 2, name=f"pool{stage}")(x)
     x = DenseReLU(self.classifier_width, 0.5, self.dtype, name="fc6")(x, train)
     x = DenseReLU(self.classifier_width, 0.5, self.dtype, name="fc7")(x, train)

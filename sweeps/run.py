@@ -36,19 +36,34 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from depthlab import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
-from depthlab import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
-from depthlab import naming  # pylint: disable=g-import-not-at-top,wrong-import-position
-from depthlab import validation  # pylint: disable=g-import-not-at-top,wrong-import-position
-from depthlab import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from depthlab import (
+  checkpoints,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  cli,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  naming,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  validation,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  writers,  # pylint: disable=g-import-not-at-top,wrong-import-position
+)
 
 # The agent's command when a sweep file names none.
 DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
 
 
 # The keys of a wandb sweep file, and of one parameter's spec.
-SWEEP_KEYS = ("program", "method", "parameters", "name", "description", "command", "metric", "early_terminate",
-              "run_cap", "project", "entity", "controller", "job")
+SWEEP_KEYS = (
+  "program",
+  "method",
+  "parameters",
+  "name",
+  "description",
+  "command",
+  "metric",
+  "early_terminate",
+  "run_cap",
+  "project",
+  "entity",
+  "controller",
+  "job",
+)
 PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities", "parameters")
 
 
@@ -61,8 +76,9 @@ def load_sweep(path: str) -> dict[str, Any]:
   except OSError as e:
     raise validation.ConfigError([f"{path}: cannot read it ({e.strerror})."], "The sweep") from e
   except yaml.YAMLError as e:
-    raise validation.ConfigError([f"{path}: not valid YAML ({str(e).splitlines()[0]} "
-                                  f"{getattr(e, 'problem_mark', '') or ''})".strip()], "The sweep") from e
+    raise validation.ConfigError(
+      [f"{path}: not valid YAML ({str(e).splitlines()[0]} {getattr(e, 'problem_mark', '') or ''})".strip()], "The sweep"
+    ) from e
   problems = sweep_problems(sweep)
   if problems:
     raise validation.ConfigError(problems, f"The sweep file {path}")
@@ -74,10 +90,12 @@ def sweep_problems(sweep: Any) -> list[str]:
   """What is wrong with a sweep file's layout, each with its fix."""
   if not isinstance(sweep, dict):
     return ["it must be a mapping with program, method and parameters (see sweeps/plain_vs_residual.yaml)."]
-  problems = [f"'{key}' is missing; a sweep file needs it." for key in ("program", "method", "parameters")
-              if key not in sweep]
-  problems += [f"'{key}': unknown key.{validation.did_you_mean(key, list(SWEEP_KEYS))}"
-               for key in sweep if key not in SWEEP_KEYS]
+  problems = [
+    f"'{key}' is missing; a sweep file needs it." for key in ("program", "method", "parameters") if key not in sweep
+  ]
+  problems += [
+    f"'{key}': unknown key.{validation.did_you_mean(key, list(SWEEP_KEYS))}" for key in sweep if key not in SWEEP_KEYS
+  ]
   if "method" in sweep and sweep["method"] not in ("grid", "random", "bayes"):
     problems.append(f"method {sweep['method']!r}: use grid or random (bayes needs wandb's server).")
   parameters = sweep.get("parameters", {})
@@ -85,11 +103,16 @@ def sweep_problems(sweep: Any) -> list[str]:
     return problems + ["parameters: must map each parameter to a spec such as {values: [...]}."]
   for name, spec in parameters.items():
     if not isinstance(spec, dict):
-      problems.append(f"parameters.{name}: {spec!r} is a plain value; write it as {{value: {spec!r}}} "
-                      "(or {values: [...]} for several).")
+      problems.append(
+        f"parameters.{name}: {spec!r} is a plain value; write it as {{value: {spec!r}}} "
+        "(or {values: [...]} for several)."
+      )
       continue
-    problems += [f"parameters.{name}.{key}: unknown key.{validation.did_you_mean(key, list(PARAMETER_KEYS))}"
-                 for key in spec if key not in PARAMETER_KEYS]
+    problems += [
+      f"parameters.{name}.{key}: unknown key.{validation.did_you_mean(key, list(PARAMETER_KEYS))}"
+      for key in spec
+      if key not in PARAMETER_KEYS
+    ]
     if "values" in spec and not isinstance(spec["values"], list):
       problems.append(f"parameters.{name}.values: must be a list, e.g. [20, 56]; got {spec['values']!r}.")
     if sweep.get("method") == "grid" and not {"value", "values"} & set(spec):
@@ -119,8 +142,10 @@ def _sample(name: str, spec: dict[str, Any], rng: random.Random) -> Any:
     return rng.randint(low, high)
   if distribution == "log_uniform_values":
     return math.exp(rng.uniform(math.log(low), math.log(high)))
-  raise ValueError(f"Parameter {name}: distribution {distribution!r} is not supported here; "
-                   "use values, uniform, int_uniform or log_uniform_values.")
+  raise ValueError(
+    f"Parameter {name}: distribution {distribution!r} is not supported here; "
+    "use values, uniform, int_uniform or log_uniform_values."
+  )
 
 
 def expand(sweep: dict[str, Any], count: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
@@ -144,18 +169,19 @@ def expand(sweep: dict[str, Any], count: int | None = None, seed: int = 0) -> li
       raise ValueError("A random sweep needs --count (or run_cap in the sweep file).")
     rng = random.Random(seed)
     return [{n: _sample(n, s, rng) for n, s in parameters.items()} for _ in range(count)]
-  raise ValueError(f"Sweep method {sweep['method']!r} needs wandb's server: run it with `wandb sweep` "
-                   "and `wandb agent`, or use method grid or random here.")
+  raise ValueError(
+    f"Sweep method {sweep['method']!r} needs wandb's server: run it with `wandb sweep` "
+    "and `wandb agent`, or use method grid or random here."
+  )
 
 
 def agent_args(params: dict[str, Any]) -> dict[str, list[str]]:
   """The argument lists `wandb agent` substitutes for ${args} and its variants."""
   return {
-      "args": [f"--{k}={v}" for k, v in params.items()],
-      "args_no_hyphens": [f"{k}={v}" for k, v in params.items()],
-      "args_no_boolean_flags": [f"--{k}" if v is True else f"--{k}={v}"
-                                for k, v in params.items() if v is not False],
-      "args_json": [json.dumps(params)],
+    "args": [f"--{k}={v}" for k, v in params.items()],
+    "args_no_hyphens": [f"{k}={v}" for k, v in params.items()],
+    "args_no_boolean_flags": [f"--{k}" if v is True else f"--{k}={v}" for k, v in params.items() if v is not False],
+    "args_json": [json.dumps(params)],
   }
 
 
@@ -165,13 +191,17 @@ def command_line(sweep: dict[str, Any], params: dict[str, Any]) -> list[str]:
   ${interpreter} is the Python running this script (the agent's is `python` on PATH), so a
   virtual environment carries over.
   """
-  macros = {"env": ["/usr/bin/env"], "interpreter": [sys.executable], "program": [sweep["program"]],
-            **agent_args(params)}
+  macros = {
+    "env": ["/usr/bin/env"],
+    "interpreter": [sys.executable],
+    "program": [sweep["program"]],
+    **agent_args(params),
+  }
   command = []
   for item in sweep.get("command", DEFAULT_COMMAND):
     item = str(item)
     if item.startswith("${envvar:") and item.endswith("}"):
-      command.append(os.environ.get(item[len("${envvar:"):-1], ""))
+      command.append(os.environ.get(item[len("${envvar:") : -1], ""))
     elif item.startswith("${") and item.endswith("}"):
       if item[2:-1] not in macros:
         raise ValueError(f"The sweep's command uses {item}, which this runner does not provide.")
@@ -183,7 +213,7 @@ def command_line(sweep: dict[str, Any], params: dict[str, Any]) -> list[str]:
 
 def train_args(sweep: dict[str, Any], command: list[str]) -> list[str]:
   """The part of a run's command that train.py parses (what follows the program)."""
-  return command[command.index(sweep["program"]) + 1:]
+  return command[command.index(sweep["program"]) + 1 :]
 
 
 def accelerators() -> list[str]:
@@ -214,14 +244,13 @@ def slot_settings(slot: int, parallel: int, gpus: list[str]) -> tuple[dict[str, 
   cores = sorted(os.sched_getaffinity(0))
   share = max(1, len(cores) // parallel)
   start = (slot * share) % len(cores)
-  return {}, set(cores[start:start + share])
+  return {}, set(cores[start : start + share])
 
 
 class Run:
   """One run of the sweep: its command, workdir and outcome."""
 
-  def __init__(self, index: int, params: dict[str, Any], command: list[str],
-               config: Any, workdir: str):
+  def __init__(self, index: int, params: dict[str, Any], command: list[str], config: Any, workdir: str):
     self.index, self.params, self.command = index, params, command
     self.config, self.workdir = config, workdir
     self.name = naming.run_name(config)
@@ -244,12 +273,17 @@ def plan(sweep: dict[str, Any], count: int | None = None, seed: int = 0) -> list
       config, workdir = cli.parse_command_line(train_args(sweep, command))
       validation.validate_config(config, workdir)
     except validation.ConfigError as e:
-      problems += [f"run {i + 1} ({' '.join(agent_args(params)['args'])}): {p}" for p in e.problems
-                   if not any(p in seen for seen in problems)]  # one report of a problem all runs share
+      problems += [
+        f"run {i + 1} ({' '.join(agent_args(params)['args'])}): {p}"
+        for p in e.problems
+        if not any(p in seen for seen in problems)
+      ]  # one report of a problem all runs share
       continue
     if workdir in workdirs:
-      problems.append(f"runs {workdirs[workdir] + 1} and {i + 1} would share the workdir {workdir}: give the "
-                      "parameters that tell them apart a place in depthlab/naming.py run_name, or set config.experiment.")
+      problems.append(
+        f"runs {workdirs[workdir] + 1} and {i + 1} would share the workdir {workdir}: give the "
+        "parameters that tell them apart a place in depthlab/naming.py run_name, or set config.experiment."
+      )
     workdirs[workdir] = i
     runs.append(Run(i, params, command, config, workdir))
   if problems:
@@ -270,8 +304,13 @@ def _pump(stream, log_path: str, echo: bool) -> None:
 def start(run: Run, env: dict[str, str], cores: set[int] | None, echo: bool) -> threading.Thread:
   os.makedirs(run.workdir, exist_ok=True)
   run.process = subprocess.Popen(
-      run.command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True, preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+    run.command,
+    env={**os.environ, **env},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
+  )
   run.status, run.started = "running", time.perf_counter()
   pump = threading.Thread(target=_pump, args=(run.process.stdout, run.log_path, echo), daemon=True)
   pump.start()
@@ -296,10 +335,12 @@ def summary_table(runs: list[Run]) -> str:
   rows = ["| run | status | steps | train error | test error | time | workdir |", "|---|---|---|---|---|---|---|"]
   for run in runs:
     line = final_line(run.workdir)
-    percent = lambda k: f"{100 * line[k]:.2f}%" if k in line else "-"
-    rows.append(f"| {run.name} | {run.status} | {int(line.get('step', 0))} | {percent('train_error')} | "
-                f"{percent('test_error')} | {writers.format_duration(run.seconds) if run.seconds else '-'} | "
-                f"{run.workdir} |")
+    percent = lambda k, line=line: f"{100 * line[k]:.2f}%" if k in line else "-"
+    rows.append(
+      f"| {run.name} | {run.status} | {int(line.get('step', 0))} | {percent('train_error')} | "
+      f"{percent('test_error')} | {writers.format_duration(run.seconds) if run.seconds else '-'} | "
+      f"{run.workdir} |"
+    )
   return "\n".join(rows)
 
 
@@ -332,8 +373,11 @@ def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None)
         env, cores = slot_settings(slot, parallel, gpus)
         pump = start(run, env, cores, echo=parallel == 1)
         active[run.index] = (run, slot, pump)
-        where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else (
-            f" on cores {sorted(cores)}" if cores else "")
+        where = (
+          f" on GPU {env['CUDA_VISIBLE_DEVICES']}"
+          if "CUDA_VISIBLE_DEVICES" in env
+          else (f" on cores {sorted(cores)}" if cores else "")
+        )
         print(f"[{run.index + 1}/{len(runs)}] {run.name}: started{where}; log {run.log_path}", flush=True)
       if stop["signum"] and not active:
         break
@@ -346,8 +390,11 @@ def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None)
         run.status = "done" if run.process.returncode == 0 else f"failed (exit {run.process.returncode})"
         line = final_line(run.workdir)
         result = f", test error {100 * line['test_error']:.2f}%" if "test_error" in line else ""
-        print(f"[{run.index + 1}/{len(runs)}] {run.name}: {run.status} after "
-              f"{writers.format_duration(run.seconds)}{result}", flush=True)
+        print(
+          f"[{run.index + 1}/{len(runs)}] {run.name}: {run.status} after "
+          f"{writers.format_duration(run.seconds)}{result}",
+          flush=True,
+        )
         del active[index]
         free_slots.append(slot)
   finally:
@@ -362,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("sweep", help="A sweep file, e.g. sweeps/plain_vs_residual.yaml.")
   parser.add_argument("--parallel", type=int, default=1, help="Runs at a time (default 1).")
-  parser.add_argument("--gpus", default=None,
-                      help="Comma-separated GPU ids to spread runs over; default: all visible; '' for none.")
+  parser.add_argument(
+    "--gpus", default=None, help="Comma-separated GPU ids to spread runs over; default: all visible; '' for none."
+  )
   parser.add_argument("--count", type=int, default=None, help="Only the first N runs (random sweeps: N draws).")
   parser.add_argument("--seed", type=int, default=0, help="Seeds a random sweep's draws.")
   parser.add_argument("--dry_run", action="store_true", help="Print each run's command and workdir; run nothing.")

@@ -9,7 +9,8 @@ and matmuls at ACCELERATOR_PRECISION instead of TF32 or bfloat16 passes.
 import os
 
 os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
+  [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
+).strip()
 # On a GPU, JAX would hold 75% of its memory from the start in this process, starving
 # the tests' subprocesses (train.py runs, PyTorch twins); inherited by them all.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -20,10 +21,11 @@ import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from configs import default  # pylint: disable=g-import-not-at-top
 
-
 # Many tests compile the same tiny train step; compile it once per machine.
-jax.config.update("jax_compilation_cache_dir", os.path.join(
-    os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "depthlab", "jax-test-cache"))
+jax.config.update(
+  "jax_compilation_cache_dir",
+  os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "depthlab", "jax-test-cache"),
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 ON_CPU = jax.default_backend() == "cpu"
@@ -32,14 +34,16 @@ if not ON_CPU:
   jax.config.update("jax_default_matmul_precision", ACCELERATOR_PRECISION)
 
 requires_cpu = pytest.mark.skipif(
-    not ON_CPU, reason=f"the default backend is {jax.default_backend()}: the test checks what only the CPU gives")
+  not ON_CPU, reason=f"the default backend is {jax.default_backend()}: the test checks what only the CPU gives"
+)
 
 
 def requires_devices(count: int) -> pytest.MarkDecorator:
   """Skips a test that trains on `count` devices where there are fewer (one GPU, not 8 fake CPUs)."""
   return pytest.mark.skipif(
-      jax.device_count() < count,
-      reason=f"needs {count} devices; the {jax.default_backend()} backend has {jax.device_count()}")
+    jax.device_count() < count,
+    reason=f"needs {count} devices; the {jax.default_backend()} backend has {jax.device_count()}",
+  )
 
 
 def real_cifar10_dir() -> str | None:
@@ -51,7 +55,8 @@ def real_cifar10_dir() -> str | None:
 
 
 requires_cifar10 = pytest.mark.skipif(
-    real_cifar10_dir() is None, reason="TFDS_DATA_DIR does not hold a prepared cifar10")
+  real_cifar10_dir() is None, reason="TFDS_DATA_DIR does not hold a prepared cifar10"
+)
 
 
 @pytest.fixture(scope="session")

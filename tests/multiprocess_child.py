@@ -22,20 +22,24 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--num_processes", type=int, default=1)
   parser.add_argument("--process_id", type=int, default=0)
   parser.add_argument("--coordinator", default=None, help="host:port of process 0")
-  parser.add_argument("--sigterm_at_step", type=int, default=0,
-                      help="this process sends itself SIGTERM when it logs this step (0: never)")
+  parser.add_argument(
+    "--sigterm_at_step", type=int, default=0, help="this process sends itself SIGTERM when it logs this step (0: never)"
+  )
   return parser.parse_args()
 
 
 def send_sigterm_at(step: int) -> None:
-  """Makes this process receive SIGTERM when the loop takes the means of the window ending at `step`, as a preempted host would."""
+  """Makes this process receive SIGTERM when the loop takes the means of the window ending at
+  `step`, as a preempted host would."""
   from depthlab import loop  # pylint: disable=g-import-not-at-top
+
   window_means = loop.window_means
 
   def window_means_then_signal(window, data_parallel, at_step, *args):
     if at_step == step:
       os.kill(os.getpid(), signal.SIGTERM)
     return window_means(window, data_parallel, at_step, *args)
+
   loop.window_means = window_means_then_signal
 
 
@@ -47,6 +51,7 @@ def main() -> None:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import ml_collections  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   from depthlab import loop  # pylint: disable=g-import-not-at-top
 
   with open(args.config_json) as f:

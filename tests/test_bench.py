@@ -15,12 +15,21 @@ import pytest
 from benchmarks import bench
 from tests import test_nets
 
-requires_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                                    reason="PyTorch is optional: pip install -r benchmarks/requirements-torch.txt")
+requires_torch = pytest.mark.skipif(
+  importlib.util.find_spec("torch") is None,
+  reason="PyTorch is optional: pip install -r benchmarks/requirements-torch.txt",
+)
 
 # ResNet-8 on a tiny random set: two timed windows of two steps.
-TINY = ["--config=configs/resnet20.py", "--config.model.depth=8", "--config.batch_size=16",
-        "--config.num_devices=1", "--windows=2", "--steps_per_window=2", "--num_examples=64"]
+TINY = [
+  "--config=configs/resnet20.py",
+  "--config.model.depth=8",
+  "--config.batch_size=16",
+  "--config.num_devices=1",
+  "--windows=2",
+  "--steps_per_window=2",
+  "--num_examples=64",
+]
 
 
 def run_tiny(tmp_path, *extra):
@@ -43,7 +52,8 @@ def assert_positive_windows(side, windows):
 
 def test_flags_give_the_options():
   config, options, out = bench.parse_command_line(
-      [*TINY, "--config.dtype=bfloat16", "--config.steps_per_dispatch=2", "--torch=all", "--out=b.json"])
+    [*TINY, "--config.dtype=bfloat16", "--config.steps_per_dispatch=2", "--torch=all", "--out=b.json"]
+  )
   assert (config.model.depth, config.batch_size, config.dtype, config.steps_per_dispatch) == (8, 16, "bfloat16", 2)
   assert (options.windows, options.steps_per_window) == (2, 2)
   assert options.torch_variants == tuple(bench.TORCH_VARIANTS) and out == "b.json"
@@ -54,9 +64,11 @@ def test_flags_give_the_options():
 def test_warm_up_runs_on_untimed_until_the_seconds_asked_have_passed():
   class Clock:  # a side whose dispatches take 0.5 s each
     runs = 0
+
     def run(self, steps):
       self.runs += 1
       return 0.5
+
   side = Clock()
   assert bench.warm_up(side, 1) == 0.5 and side.runs == 2
   assert bench.warm_up(side, 1, seconds=2.0) == 0.5 and side.runs == 2 + 5  # 0.5 s x 4 after the compiling one
@@ -109,6 +121,7 @@ def test_several_seeds_count_every_seeds_images(tmp_path):
 @pytest.mark.parametrize("depth,residual,shortcut", [(20, True, "A"), (20, False, "A"), (32, True, "B")])
 def test_torch_net_has_exactly_our_parameter_count(depth, residual, shortcut):
   from benchmarks import torch_resnet  # pylint: disable=g-import-not-at-top
+
   ours = test_nets.count(depth=depth, residual=residual, shortcut=shortcut)
   assert torch_resnet.count_params(torch_resnet.CifarResNet(depth, residual, shortcut)) == ours
   if residual and shortcut == "A":
@@ -119,7 +132,9 @@ def test_torch_net_has_exactly_our_parameter_count(depth, residual, shortcut):
 @pytest.mark.parametrize("autocast_bf16", [False, True])
 def test_one_torch_step_trains(autocast_bf16):
   import torch  # pylint: disable=g-import-not-at-top
+
   from benchmarks import torch_resnet  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   model = torch_resnet.CifarResNet(depth=8)
   optimizer = torch_resnet.create_optimizer(model, learning_rate=0.1, momentum=0.9, weight_decay=1e-4)
@@ -157,6 +172,7 @@ def test_pytorch_runs_in_a_process_of_its_own_that_times_steps_and_exits_when_cl
 
 def test_summary_table_has_a_row_per_run_naming_its_seeds(tmp_path):
   from benchmarks import bench_table  # pylint: disable=g-import-not-at-top
+
   result, _ = run_tiny(tmp_path)
   rows = [line.split("|") for line in bench_table.markdown_table([result, dict(result, num_seeds=4)]).splitlines()]
   assert [cell.strip() for cell in rows[0][1:5]] == ["net", "dtype", "steps/dispatch", "seeds"]

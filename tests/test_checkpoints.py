@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 
 from configs import default
-from depthlab import checkpoints
-from depthlab import loop
+from depthlab import checkpoints, loop
 from depthlab import state as state_lib
+from depthlab.writers import read_metrics
 from tests.conftest import requires_cpu
 from tests.test_train import REPO
-from depthlab.writers import read_metrics
 
 
 def final_params(workdir):
@@ -88,7 +87,8 @@ def test_resuming_with_another_model_is_refused_naming_the_fields(mock_cifar10, 
 
 
 def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(
-    mock_cifar10, resumable_config, tmp_path, capsys):
+  mock_cifar10, resumable_config, tmp_path, capsys
+):
   resumable_config.total_steps = 4
   loop.train_and_evaluate(resumable_config, str(tmp_path))
   for path in glob.glob(str(tmp_path / "checkpoints" / "4" / "state" / "**" / "d" / "*"), recursive=True):
@@ -118,7 +118,9 @@ def test_config_differences_ignore_fields_that_do_not_change_the_model_or_data(t
   assert checkpoints.config_differences(saved, tiny_config) == []
   tiny_config.dataset.validation_size, tiny_config.model.residual = 5000, False
   assert checkpoints.config_differences(saved, tiny_config) == [
-      "dataset.validation_size: 0 -> 5000", "model.residual: True -> False"]
+    "dataset.validation_size: 0 -> 5000",
+    "model.residual: True -> False",
+  ]
 
 
 def test_a_checkpoint_saved_before_a_field_existed_counts_as_its_default(tiny_config):
@@ -131,13 +133,21 @@ def test_a_checkpoint_saved_before_a_field_existed_counts_as_its_default(tiny_co
 
 def test_a_config_saved_before_a_nested_field_existed_gets_default_py_s_value(tiny_config):
   saved = tiny_config.to_dict()
-  for section, field in (("dataset", "image_size"), ("dataset", "augmentation"), ("dataset", "test_split"),
-                         ("model", "zero_init_residual")):
+  for section, field in (
+    ("dataset", "image_size"),
+    ("dataset", "augmentation"),
+    ("dataset", "test_split"),
+    ("model", "zero_init_residual"),
+  ):
     del saved[section][field]
   filled = checkpoints.with_defaults(saved)
   defaults = default.get_config()
-  assert filled["dataset"] == {**saved["dataset"], "image_size": defaults.dataset.image_size,
-                               "augmentation": defaults.dataset.augmentation, "test_split": defaults.dataset.test_split}
+  assert filled["dataset"] == {
+    **saved["dataset"],
+    "image_size": defaults.dataset.image_size,
+    "augmentation": defaults.dataset.augmentation,
+    "test_split": defaults.dataset.test_split,
+  }
   assert filled["model"]["zero_init_residual"] == defaults.model.zero_init_residual
   # Another net's model fields are its own: none of the default net's are added.
   lenet = {**saved, "model": {"name": "lenet5", "sparse_c3": True}}
@@ -163,8 +173,12 @@ with tfds.testing.mock_data(num_examples=64):
 
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
   process = subprocess.Popen(
-      [sys.executable, "-c", TRAIN_IN_SUBPROCESS.format(steps=100_000, workdir=tmp_path)], cwd=REPO,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    [sys.executable, "-c", TRAIN_IN_SUBPROCESS.format(steps=100_000, workdir=tmp_path)],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   deadline = time.time() + 240
   while time.time() < deadline and not os.path.exists(tmp_path / "metrics.jsonl"):
     time.sleep(0.5)
@@ -180,15 +194,20 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
   assert len(saved) == 1 and saved[0] >= 3
 
   resumed = subprocess.run(
-      [sys.executable, "-c", TRAIN_IN_SUBPROCESS.format(steps=saved[0] + 2, workdir=tmp_path)], cwd=REPO,
-      capture_output=True, text=True, timeout=300)
+    [sys.executable, "-c", TRAIN_IN_SUBPROCESS.format(steps=saved[0] + 2, workdir=tmp_path)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resuming at step {saved[0]}" in resumed.stdout
   assert [line["step"] for line in read_metrics(tmp_path)] == list(range(1, saved[0] + 3))
 
 
 def test_changed_checkpoint_bytes_are_reported_as_corrupt_and_the_previous_checkpoint_used(
-    mock_cifar10, resumable_config, tmp_path, capsys):
+  mock_cifar10, resumable_config, tmp_path, capsys
+):
   resumable_config.total_steps = 4
   loop.train_and_evaluate(resumable_config, str(tmp_path))
   # Step 2's data under step 4's record: bytes that read back fine, as other numbers.
@@ -216,16 +235,20 @@ def evaluator_that(monkeypatch, at_final):
 
   def make_evaluator(data_parallel, splits, mean_image, config):
     evaluate = make(data_parallel, splits, mean_image, config)
+
     def evaluate_and_act(state):
       if state_lib.step_count(data_parallel.single_copy(state)) == config.total_steps:
         at_final()
       return evaluate(state)
+
     return evaluate_and_act
+
   monkeypatch.setattr(loop, "make_evaluator", make_evaluator)
 
 
 def test_a_signal_during_the_final_evaluation_leaves_the_final_checkpoint_and_a_finished_run(
-    mock_cifar10, resumable_config, tmp_path, monkeypatch, capsys):
+  mock_cifar10, resumable_config, tmp_path, monkeypatch, capsys
+):
   resumable_config.total_steps, resumable_config.checkpoint_every_steps = 4, 3
   evaluator_that(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
   loop.train_and_evaluate(resumable_config, str(tmp_path))
@@ -235,11 +258,13 @@ def test_a_signal_during_the_final_evaluation_leaves_the_final_checkpoint_and_a_
 
 
 def test_a_run_killed_during_its_final_evaluation_resumes_to_evaluate_only(
-    mock_cifar10, resumable_config, tmp_path, monkeypatch, capsys):
+  mock_cifar10, resumable_config, tmp_path, monkeypatch, capsys
+):
   resumable_config.total_steps, resumable_config.checkpoint_every_steps = 4, 3
 
   def killed():
     raise KeyboardInterrupt  # as a kill -9 would end it: no chance to clean up
+
   evaluator_that(monkeypatch, killed)
   with pytest.raises(KeyboardInterrupt):
     loop.train_and_evaluate(resumable_config, str(tmp_path))
@@ -284,11 +309,18 @@ with tfds.testing.mock_data(num_examples=64):
 
 def test_an_unwritable_checkpoints_folder_fails_fast_with_one_message(tmp_path):
   start = time.time()
-  result = subprocess.run([sys.executable, "-c", STORAGE_FAILS_IN_SUBPROCESS.format(workdir=tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=240)
+  result = subprocess.run(
+    [sys.executable, "-c", STORAGE_FAILS_IN_SUBPROCESS.format(workdir=tmp_path)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=240,
+  )
   assert result.returncode == 1, result.stderr[-3000:]
   assert time.time() - start < 120  # not orbax's 300 s wait for the failed save
-  assert f"Error: Cannot write checkpoints (noticed saving step 4) to {tmp_path / 'checkpoints'}: Not a directory" \
-      in result.stderr
+  assert (
+    f"Error: Cannot write checkpoints (noticed saving step 4) to {tmp_path / 'checkpoints'}: Not a directory"
+    in result.stderr
+  )
   assert "Traceback" not in result.stderr and "Done" not in result.stdout
   assert "Not a directory" in (tmp_path / "library.log").read_text()  # orbax's own account, kept off the console

@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from depthlab import input_pipeline
-import nets
-from depthlab import loop
-from depthlab import state as state_lib
-from depthlab import steps
 from configs import default
+from depthlab import input_pipeline, loop, steps
+from depthlab import state as state_lib
+import nets
 
 DEPTHS = (20, 32, 44, 56, 110)
 
@@ -25,7 +23,8 @@ def test_every_default_field_has_a_comment():
     assignments = [line for line in f if re.match(r"\s*config\.[\w.]+ = ", line)]
   plain_fields = [line for line in assignments if "ConfigDict()" not in line]
   assert plain_fields and all("  # " in line for line in plain_fields), [
-      line for line in plain_fields if "  # " not in line]
+    line for line in plain_fields if "  # " not in line
+  ]
 
 
 def test_default_is_the_papers_recipe():
@@ -46,9 +45,20 @@ def test_one_config_per_net_and_depth(kind, depth):
 
 def test_the_names_other_tools_rely_on_exist():
   config = default.get_config()
-  for name in ["model.name", "model.depth", "model.residual", "model.shortcut", "batch_size", "total_steps",
-               "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "seed", "dataset.data_dir",
-               "wandb.mode"]:
+  for name in [
+    "model.name",
+    "model.depth",
+    "model.residual",
+    "model.shortcut",
+    "batch_size",
+    "total_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "seed",
+    "dataset.data_dir",
+    "wandb.mode",
+  ]:
     node = config
     for part in name.split("."):
       node = node[part]
@@ -56,8 +66,16 @@ def test_the_names_other_tools_rely_on_exist():
 
 # ------------------------------------------------------------------------ the famous nets on CIFAR-10
 
-NET_CONFIGS = ("lenet5", "alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "preact_resnet164",
-               "preact_resnet1001")
+NET_CONFIGS = (
+  "lenet5",
+  "alexnet",
+  "vgg16",
+  "googlenet",
+  "resnet18",
+  "resnet50",
+  "preact_resnet164",
+  "preact_resnet1001",
+)
 
 
 def net_config(name):
@@ -73,8 +91,15 @@ def cifar_count(config) -> int:
 
 
 # Parameters of each CIFAR-10 version (docs/nets.md's table), training-only heads included.
-CIFAR_COUNTS = {"lenet5": 62_006, "alexnet": 5_721_994, "vgg16": 15_249_354, "googlenet": 10_333_886,
-                "resnet18": 11_173_962, "resnet50": 23_520_842, "preact_resnet164": 1_703_258}
+CIFAR_COUNTS = {
+  "lenet5": 62_006,
+  "alexnet": 5_721_994,
+  "vgg16": 15_249_354,
+  "googlenet": 10_333_886,
+  "resnet18": 11_173_962,
+  "resnet50": 23_520_842,
+  "preact_resnet164": 1_703_258,
+}
 
 
 @pytest.mark.parametrize("name", sorted(CIFAR_COUNTS))
@@ -123,10 +148,15 @@ def one_train_step(config):
   dataset = input_pipeline.load_dataset(config.dataset)
   model = state_lib.create_model(config, dataset.num_classes)
   state = state_lib.create_train_state(config, model, jax.random.key(0), dataset.train.images.shape[1:])
-  batch = {"image": input_pipeline.normalize(dataset.train.images[None, :4], dataset.mean_image),
-           "label": dataset.train.labels[None, :4]}
-  step = jax.vmap(functools.partial(steps.train_step, aux_loss_weight=config.aux_loss_weight),
-                  axis_name=steps.AXIS, in_axes=(0, 0, None))
+  batch = {
+    "image": input_pipeline.normalize(dataset.train.images[None, :4], dataset.mean_image),
+    "label": dataset.train.labels[None, :4],
+  }
+  step = jax.vmap(
+    functools.partial(steps.train_step, aux_loss_weight=config.aux_loss_weight),
+    axis_name=steps.AXIS,
+    in_axes=(0, 0, None),
+  )
   new_state, metrics = jax.jit(step)(jax.tree_util.tree_map(lambda x: x[None], state), batch, jax.random.key(1))
   return state, new_state, metrics
 

@@ -7,10 +7,10 @@ import sys
 import textwrap
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from nets import cpu_conv, layers
 
@@ -20,9 +20,11 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 def gradients(conv, x, w, strides, padding, **kw):
   """d/dx and d/dw of a loss that weighs every output differently."""
+
   def loss(x, w):
     y = conv(x, w, strides, padding, dimension_numbers=NHWC, **kw)
     return (y * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size).sum()
+
   return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
 
 
@@ -32,14 +34,17 @@ def random_conv(batch, size, in_features, out_features, kernel, dtype=jnp.float3
   return x, w
 
 
-@pytest.mark.parametrize("batch,size,features,kernel,strides,padding", [
+@pytest.mark.parametrize(
+  "batch,size,features,kernel,strides,padding",
+  [
     (16, 32, (16, 16), 3, 1, [(1, 1), (1, 1)]),  # a CIFAR ResNet's first stage: two chunks of 8
     (12, 16, (16, 32), 3, 2, [(1, 1), (1, 1)]),  # the stride-2 conv opening a stage; chunks of 6
     (7, 16, (32, 64), 1, 2, [(0, 0), (0, 0)]),  # option B's 1x1 projection; 7 images: one chunk
     (4, 15, (8, 8), 3, 2, "SAME"),
     (4, 13, (3, 8), 5, 1, "VALID"),
     (2, 12, (4, 6), 7, 2, [(3, 3), (3, 3)]),  # an ImageNet stem
-])
+  ],
+)
 def test_gradients_by_patches_equal_lax(batch, size, features, kernel, strides, padding):
   x, w = random_conv(batch, size, *features, kernel)
   ours = gradients(cpu_conv.ConvGeneralDilated("patches"), x, w, (strides, strides), padding)
@@ -80,8 +85,11 @@ def traced_with_patches(mode):
 def test_the_mode_picks_the_weight_gradient():
   assert traced_with_patches("patches") and not traced_with_patches("lax")
   assert traced_with_patches("auto") == (jax.default_backend() == "cpu")  # patches on CPU only
-  for make in (cpu_conv.ConvGeneralDilated, cpu_conv.conv_general_dilated_cls,
-               lambda mode: layers.conv_factory(jnp.float32, mode)):
+  for make in (
+    cpu_conv.ConvGeneralDilated,
+    cpu_conv.conv_general_dilated_cls,
+    lambda mode: layers.conv_factory(jnp.float32, mode),
+  ):
     with pytest.raises(ValueError, match="conv_weight_grad must be one of"):
       make("fast")
 
@@ -95,6 +103,7 @@ def test_the_nets_convolutions_are_cpu_conv_s_through_flax_s_current_field():
     assert conv.conv_general_dilated is None
     params = conv.init(jax.random.key(0), x)
     return str(jax.make_jaxpr(lambda p: jax.grad(lambda p: conv.apply(p, x).sum())(p))(params))
+
   assert "custom_vjp" in traced_gradient("patches") and "custom_vjp" not in traced_gradient("lax")
 
 
@@ -112,13 +121,17 @@ def test_fast_xla_cpu_flags_are_added_once_and_leave_the_users_own(cpu_backend_a
   cpu_conv.use_fast_xla_cpu_flags()
   cpu_conv.use_fast_xla_cpu_flags()
   assert os.environ["XLA_FLAGS"].split() == [
-      "--xla_force_host_platform_device_count=2", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"]
+    "--xla_force_host_platform_device_count=2",
+    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+  ]
   cpu_backend_ahead.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
   cpu_conv.use_fast_xla_cpu_flags()
   assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
 
 
-@pytest.mark.parametrize("platforms, plugins, environ, cpu", [
+@pytest.mark.parametrize(
+  "platforms, plugins, environ, cpu",
+  [
     ("", [], {}, True),  # a CPU-only jax
     ("cpu", ["xla_cuda12"], {}, True),  # JAX_PLATFORMS=cpu beside a CUDA plugin
     ("", ["xla_cuda12"], {}, False),  # jax[cuda12]
@@ -127,7 +140,8 @@ def test_fast_xla_cpu_flags_are_added_once_and_leave_the_users_own(cpu_backend_a
     ("tpu,cpu", [], {}, False),  # the first platform is the default one
     (" CPU ,cuda", ["xla_cuda12"], {}, True),
     ("", [], {"PJRT_NAMES_AND_LIBRARY_PATHS": "gpu:/opt/libgpu.so"}, False),
-])
+  ],
+)
 def test_the_backend_is_foreseen_from_the_platforms_asked_and_the_plugins_installed(platforms, plugins, environ, cpu):
   assert cpu_conv.backend_will_be_cpu(platforms, plugins, environ) is cpu
 
@@ -154,8 +168,7 @@ def test_an_installed_plugin_is_found_as_jax_finds_it(tmp_path):
       print("XLA_FLAGS:", repr(os.environ["XLA_FLAGS"]))
       """)
   env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "XLA_FLAGS": "", "JAX_PLATFORMS": ""}
-  done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=120)
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "xla_fake_gpu" in done.stdout and "XLA_FLAGS: ''" in done.stdout
 
@@ -174,7 +187,6 @@ def test_installed_xla_accepts_the_flags_and_keeps_convolutions_from_ynnpack():
       print("ynn fusions:", sum("ynn" in line for line in hlo.splitlines()))
       """)
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-  done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=300)
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "ynn fusions: 0" in done.stdout

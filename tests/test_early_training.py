@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from depthlab import cli
 from benchmarks import early_training
+from depthlab import cli
 from tests.conftest import real_cifar10_dir, requires_cifar10
 
 CHANCE = math.log(10)
@@ -62,9 +62,12 @@ def test_the_default_resnet56_recipe_learns_where_the_papers_blows_up(real_cache
 
 
 def test_the_figure_has_a_line_per_seed_plain_nets_left_residual_right():
-  result = lambda depth, residual: {"net": f"{'resnet' if residual else 'plain'}{depth}", "seeds": [0, 1],
-                                    "config": {"model": {"depth": depth, "residual": residual}},
-                                    "loss": np.full((5, 2), 2.0).tolist()}
+  result = lambda depth, residual: {
+    "net": f"{'resnet' if residual else 'plain'}{depth}",
+    "seeds": [0, 1],
+    "config": {"model": {"depth": depth, "residual": residual}},
+    "loss": np.full((5, 2), 2.0).tolist(),
+  }
   fig = early_training.draw_losses([result(20, False), result(56, False), result(20, True)], "lr 0.1")
   plain, residual = fig.axes
   assert len(plain.lines) == 2 * 2 + 1 and len(residual.lines) == 2 + 1  # seeds, and the chance line

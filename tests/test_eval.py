@@ -8,14 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from depthlab import evaluation
-from depthlab import figures
-from depthlab import history
-from depthlab import loop
-from depthlab import naming
 from configs import default
-from tests.conftest import requires_devices
+from depthlab import evaluation, figures, history, loop, naming
 from depthlab.writers import read_metrics
+from tests.conftest import requires_devices
 
 
 @pytest.fixture
@@ -120,8 +116,16 @@ def test_table_numbers_are_those_of_metrics_jsonl(sweep_dir):
   rows = table_rows(figures.results_table(history.load_runs([str(sweep_dir)])))
   lines = read_metrics(sweep_dir / "plain56")
   tests = [line["test_error"] for line in lines if "test_error" in line]
-  assert rows["plain56"][1:9] == ["56", "0.06M", "1", "300", f"{100 * lines[-1]['train_error']:.2f}",
-                                  f"{100 * tests[-1]:.2f}", f"{100 * min(tests):.2f}", "-"]
+  assert rows["plain56"][1:9] == [
+    "56",
+    "0.06M",
+    "1",
+    "300",
+    f"{100 * lines[-1]['train_error']:.2f}",
+    f"{100 * tests[-1]:.2f}",
+    f"{100 * min(tests):.2f}",
+    "-",
+  ]
   seeds = [100 * read_metrics(sweep_dir / name)[-1]["test_error"] for name in ("resnet20", "resnet20-seed1")]
   assert rows["resnet20"][3] == "2" and rows["resnet20"][8] == "8.75"  # two seeds; the paper's Table 6
   assert rows["resnet20"][6] == f"{np.mean(seeds):.2f} ± {np.std(seeds, ddof=1):.2f}"
@@ -145,8 +149,18 @@ def test_a_several_seed_run_compares_as_its_seeds(sweep_dir):
   workdir = sweep_dir / "resnet44-seeds5-6"
   workdir.mkdir()
   (workdir / "config.json").write_text(json.dumps({**config.to_dict(), "num_params": 44_000}))
-  lines = [{"step": step, "train_error": 0.5, "seed5/train_error": 0.4, "seed6/train_error": 0.6,
-            "seed5/test_error": 0.30, "seed6/test_error": 0.36, "test_error": 0.33} for step in (200, 300)]
+  lines = [
+    {
+      "step": step,
+      "train_error": 0.5,
+      "seed5/train_error": 0.4,
+      "seed6/train_error": 0.6,
+      "seed5/test_error": 0.30,
+      "seed6/test_error": 0.36,
+      "test_error": 0.33,
+    }
+    for step in (200, 300)
+  ]
   (workdir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
   runs = history.load_runs([str(sweep_dir)])
   seeds = [run for run in runs if run.net == "resnet44"]
@@ -177,8 +191,10 @@ def test_compare_reads_a_wandb_sweep_through_the_public_api(monkeypatch, tmp_pat
       self.path = ["me", "depthlab", f"run{depth}{residual}"]
       self.config = {"config.model.depth": depth, "config.model.residual": residual, "config.seed": 0}
       self.summary = {"num_params": 270_000}
-      self._rows = [{"_step": 200, "train_error": 0.5, "_runtime": 3.0},
-                    {"_step": 100, "train_error": 0.7, "test_error": 0.6}]
+      self._rows = [
+        {"_step": 200, "train_error": 0.5, "_runtime": 3.0},
+        {"_step": 100, "train_error": 0.7, "test_error": 0.6},
+      ]
 
     def scan_history(self):
       return iter(self._rows)
@@ -197,8 +213,9 @@ def test_compare_reads_a_wandb_sweep_through_the_public_api(monkeypatch, tmp_pat
 
 
 def test_a_wandb_run_s_config_gets_the_defaults_a_saved_one_gets():
-  config = history.train_config_of({"config.model.name": "lenet5", "config.model.sparse_c3": True,
-                                    "config.seed": 3, "_wandb": {"runtime": 1}})
+  config = history.train_config_of(
+    {"config.model.name": "lenet5", "config.model.sparse_c3": True, "config.seed": 3, "_wandb": {"runtime": 1}}
+  )
   assert dict(config.model) == {"name": "lenet5", "sparse_c3": True}  # not the default net's fields
   assert config.seed == 3 and config.dataset.image_size == 0 and naming.net_name(config) == "lenet5"
 

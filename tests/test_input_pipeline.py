@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from depthlab import input_pipeline
 from configs import default
+from depthlab import input_pipeline
 from tests.conftest import real_cifar10_dir, requires_cifar10
 
 
@@ -17,7 +17,7 @@ def numpy_pad_crop_flip(images, offsets, flips, padding):
   """The reference: pad with zeros, crop each image at its offset, mirror left-right."""
   n, h, w, _ = images.shape
   padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  out = np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+  out = np.stack([padded[i, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
   return np.where(flips[:, None, None, None], out[:, :, ::-1], out)
 
 
@@ -61,8 +61,9 @@ def test_normalize_scales_to_unit_range_and_subtracts_the_mean():
 
 def test_each_epoch_visits_every_example_once_in_a_new_order():
   key, n, batch = jax.random.key(0), 100, 10
-  epoch = lambda e: np.concatenate([input_pipeline.global_batch_indices(key, s, n, batch)
-                                    for s in range(e * 10, e * 10 + 10)])
+  epoch = lambda e: np.concatenate(
+    [input_pipeline.global_batch_indices(key, s, n, batch) for s in range(e * 10, e * 10 + 10)]
+  )
   first, second = epoch(0), epoch(1)
   assert sorted(first) == list(range(n)) and sorted(second) == list(range(n))
   assert not np.array_equal(first, second)
@@ -72,7 +73,7 @@ def batch_before_epoch_orders(key, step, num_examples, batch_size):
   """global_batch_indices as it was before the orders were computed once per epoch: the reference."""
   epoch, position = divmod(step, num_examples // batch_size)
   order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
-  return order[position * batch_size:(position + 1) * batch_size]
+  return order[position * batch_size : (position + 1) * batch_size]
 
 
 @pytest.mark.parametrize("num_examples, batch_size, num_epochs", [(100, 10, 2), (25, 10, 2), (50_000, 128, 3)])
@@ -82,12 +83,22 @@ def test_batches_read_from_the_epochs_orders_are_today_s(num_examples, batch_siz
   for first_epoch in range(3):
     orders = input_pipeline.epoch_orders(key, first_epoch, num_epochs, num_examples)
     # Every step of the epochs the orders hold, the last of one and the first of the next included.
-    for step in sorted({first_epoch * steps, (first_epoch + 1) * steps - 1, (first_epoch + 1) * steps,
-                        (first_epoch + num_epochs) * steps - 1} | set(range(first_epoch * steps, first_epoch * steps + 3))):
-      np.testing.assert_array_equal(read(orders, step, batch_size),
-                                    batch_before_epoch_orders(key, step, num_examples, batch_size))
-      np.testing.assert_array_equal(input_pipeline.global_batch_indices(key, step, num_examples, batch_size),
-                                    batch_before_epoch_orders(key, step, num_examples, batch_size))
+    for step in sorted(
+      {
+        first_epoch * steps,
+        (first_epoch + 1) * steps - 1,
+        (first_epoch + 1) * steps,
+        (first_epoch + num_epochs) * steps - 1,
+      }
+      | set(range(first_epoch * steps, first_epoch * steps + 3))
+    ):
+      np.testing.assert_array_equal(
+        read(orders, step, batch_size), batch_before_epoch_orders(key, step, num_examples, batch_size)
+      )
+      np.testing.assert_array_equal(
+        input_pipeline.global_batch_indices(key, step, num_examples, batch_size),
+        batch_before_epoch_orders(key, step, num_examples, batch_size),
+      )
 
 
 def test_last_partial_batch_of_an_epoch_is_skipped():
@@ -183,7 +194,9 @@ def test_random_resized_crops_do_not_depend_on_the_number_of_devices():
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 9, 9, 3), np.uint8))
   key, mean = jax.random.key(1), jnp.full(3, 0.5)
   whole = input_pipeline.augment(images, mean, key, config, 4, lambda x: x)
-  halves = [input_pipeline.augment(images[i:i + 2], mean, key, config, 4, lambda x, i=i: x[i:i + 2]) for i in (0, 2)]
+  halves = [
+    input_pipeline.augment(images[i : i + 2], mean, key, config, 4, lambda x, i=i: x[i : i + 2]) for i in (0, 2)
+  ]
   assert whole.shape == (4, 8, 8, 3)
   np.testing.assert_allclose(np.concatenate(halves), whole, rtol=1e-6)
   config.augmentation = "cutout"

@@ -13,13 +13,13 @@ def vgg16_rows():
 
 def test_vgg16_table_has_the_seeds_shapes_activations_and_parameters(vgg16_rows):
   expected = {  # output, activations, parameters (the seed leaves biases out; these are in)
-      "input": ((224, 224, 3), 150_528, 0),
-      "conv1_1": ((224, 224, 64), 3_211_264, 3 * 3 * 3 * 64 + 64),
-      "pool1": ((112, 112, 64), 802_816, 0),
-      "conv3_3": ((56, 56, 256), 802_816, 3 * 3 * 256 * 256 + 256),
-      "pool5": ((7, 7, 512), 25_088, 0),
-      "fc6": ((4096,), 4096, 7 * 7 * 512 * 4096 + 4096),
-      "fc8": ((1000,), 1000, 4096 * 1000 + 1000),
+    "input": ((224, 224, 3), 150_528, 0),
+    "conv1_1": ((224, 224, 64), 3_211_264, 3 * 3 * 3 * 64 + 64),
+    "pool1": ((112, 112, 64), 802_816, 0),
+    "conv3_3": ((56, 56, 256), 802_816, 3 * 3 * 256 * 256 + 256),
+    "pool5": ((7, 7, 512), 25_088, 0),
+    "fc6": ((4096,), 4096, 7 * 7 * 512 * 4096 + 4096),
+    "fc8": ((1000,), 1000, 4096 * 1000 + 1000),
   }
   for name, (shape, activations, params) in expected.items():
     row = vgg16_rows[name]
@@ -42,16 +42,24 @@ def test_vgg16_activations_total_15_2m_not_the_seeds_24m(vgg16_rows):
 
 # The papers' multiply-adds: He et al. 2015 Table 1 and section 4.1 (VGG), Szegedy et al. 2015.
 PUBLISHED_MULTIPLY_ADDS = [
-    ("resnet18", {}, 1.8e9), ("resnet34", {}, 3.6e9), ("resnet50", {}, 3.8e9),
-    ("resnet101", {}, 7.6e9), ("resnet152", {}, 11.3e9),
-    ("resnet50", {}, 3.86e9), ("resnet50", {"stride_in_3x3": True}, 4.09e9),
-    ("resnet152", {"stride_in_3x3": True}, 11.51e9),
-    ("vgg16", {}, 15.3e9), ("vgg19", {}, 19.6e9),
+  ("resnet18", {}, 1.8e9),
+  ("resnet34", {}, 3.6e9),
+  ("resnet50", {}, 3.8e9),
+  ("resnet101", {}, 7.6e9),
+  ("resnet152", {}, 11.3e9),
+  ("resnet50", {}, 3.86e9),
+  ("resnet50", {"stride_in_3x3": True}, 4.09e9),
+  ("resnet152", {"stride_in_3x3": True}, 11.51e9),
+  ("vgg16", {}, 15.3e9),
+  ("vgg19", {}, 19.6e9),
 ]
 
 
-@pytest.mark.parametrize("name,kwargs,published", PUBLISHED_MULTIPLY_ADDS,
-                         ids=[f"{n}{'-v1.5' if kw else ''}-{p:.3g}" for n, kw, p in PUBLISHED_MULTIPLY_ADDS])
+@pytest.mark.parametrize(
+  "name,kwargs,published",
+  PUBLISHED_MULTIPLY_ADDS,
+  ids=[f"{n}{'-v1.5' if kw else ''}-{p:.3g}" for n, kw, p in PUBLISHED_MULTIPLY_ADDS],
+)
 def test_multiply_adds_within_5_percent_of_published(name, kwargs, published):
   assert summary.multiply_adds(nets.create(name, **kwargs), (224, 224, 3)) == pytest.approx(published, rel=0.05)
 
@@ -65,8 +73,16 @@ def googlenet_rows():
 def test_googlenet_params_column_matches_the_papers_table(googlenet_rows):
   """Table 1's params column (K = 1024, biases left out), within 2%: all rows but three
   whose printed numbers do not follow from the table's own filter counts."""
-  paper = {"inception_3a": 159, "inception_3b": 380, "inception_4a": 364, "inception_4b": 437,
-           "inception_4d": 580, "inception_4e": 840, "inception_5b": 1388, "linear": 1000}
+  paper = {
+    "inception_3a": 159,
+    "inception_3b": 380,
+    "inception_4a": 364,
+    "inception_4b": 437,
+    "inception_4d": 580,
+    "inception_4e": 840,
+    "inception_5b": 1388,
+    "linear": 1000,
+  }
   not_from_the_widths = {"conv1": 2.7, "inception_4c": 463, "inception_5a": 1072}
   rows = googlenet_rows
   for name, thousands in paper.items():
@@ -79,9 +95,19 @@ def test_googlenet_params_column_matches_the_papers_table(googlenet_rows):
 def test_googlenet_ops_column_and_total_match_the_papers_table(googlenet_rows):
   """Table 1's ops column (millions of multiply-adds) within 6%, but conv1: the paper's 34M
   is not a 7x7x3x64 conv at 112x112 (118M), so the true total is 1.58G, not 1.5G."""
-  paper = {"conv2": 360, "inception_3a": 128, "inception_3b": 304, "inception_4a": 73,
-           "inception_4b": 88, "inception_4c": 100, "inception_4d": 119, "inception_4e": 170,
-           "inception_5a": 54, "inception_5b": 71, "linear": 1}
+  paper = {
+    "conv2": 360,
+    "inception_3a": 128,
+    "inception_3b": 304,
+    "inception_4a": 73,
+    "inception_4b": 88,
+    "inception_4c": 100,
+    "inception_4d": 119,
+    "inception_4e": 170,
+    "inception_5a": 54,
+    "inception_5b": 71,
+    "linear": 1,
+  }
   rows = googlenet_rows
   ops = {name: row.multiply_adds / 1e6 for name, row in rows.items()}
   ops["conv2"] += ops.pop("conv2_reduce")
@@ -116,6 +142,9 @@ def test_command_prints_the_table_with_totals(capsys):
 
 def test_options_are_parsed_as_python_literals_or_strings():
   assert summary.parse_options(["batch_norm=True", "depth=110", "shortcut=B"]) == {
-      "batch_norm": True, "depth": 110, "shortcut": "B"}
+    "batch_norm": True,
+    "depth": 110,
+    "shortcut": "B",
+  }
   with pytest.raises(ValueError, match="key=value"):
     summary.parse_options(["batch_norm"])

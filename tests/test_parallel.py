@@ -14,13 +14,9 @@ import time
 import jax
 import numpy as np
 import pytest
-
 import tensorflow_datasets as tfds
 
-from depthlab import checkpoints
-from depthlab import parallel
-from depthlab import loop
-from depthlab import run_setup
+from depthlab import checkpoints, loop, parallel, run_setup
 from tests.conftest import make_tiny_config
 from tests.test_train import REPO, read_metrics
 
@@ -42,14 +38,25 @@ def write_config(config, workdir) -> str:
 
 
 def child_argv(config_path, workdir, devices, num_processes, process_id, coordinator):
-  return [sys.executable, CHILD, config_path, str(workdir), f"--devices={devices}",
-          f"--num_processes={num_processes}", f"--process_id={process_id}", f"--coordinator={coordinator}"]
+  return [
+    sys.executable,
+    CHILD,
+    config_path,
+    str(workdir),
+    f"--devices={devices}",
+    f"--num_processes={num_processes}",
+    f"--process_id={process_id}",
+    f"--coordinator={coordinator}",
+  ]
 
 
 def child_env():
   """The environment with the test session's compilation cache (tests/conftest.py)."""
-  return {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(jax.config.jax_persistent_cache_min_compile_time_secs)}
+  return {
+    **os.environ,
+    "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(jax.config.jax_persistent_cache_min_compile_time_secs),
+  }
 
 
 def launch(config, workdir, num_processes, devices_per_process, timeout=150, sigterm=None):
@@ -65,8 +72,9 @@ def launch(config, workdir, num_processes, devices_per_process, timeout=150, sig
     argv = child_argv(config_path, workdir, devices_per_process, num_processes, i, coordinator)
     if sigterm and sigterm[0] == i:
       argv.append(f"--sigterm_at_step={sigterm[1]}")
-    processes.append(subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+    processes.append(
+      subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    )
   deadline, results = time.monotonic() + timeout, []
   try:
     for p in processes:
@@ -75,8 +83,10 @@ def launch(config, workdir, num_processes, devices_per_process, timeout=150, sig
   except subprocess.TimeoutExpired:
     for p in processes:
       p.kill()
-    pytest.fail(f"{num_processes} processes still running after {timeout}s: a hang; "
-                f"output so far: {[p.communicate()[0][-2000:] for p in processes]}")
+    pytest.fail(
+      f"{num_processes} processes still running after {timeout}s: a hang; "
+      f"output so far: {[p.communicate()[0][-2000:] for p in processes]}"
+    )
   return results
 
 
@@ -167,9 +177,13 @@ def test_a_process_that_cannot_reach_the_coordinator_fails_naming_it(tmp_path):
   config_path = write_config(config, tmp_path)
   address = f"localhost:{free_port()}"  # nobody listens there
   start = time.monotonic()
-  result = subprocess.run(child_argv(config_path, tmp_path, 1, num_processes=2, process_id=1,
-                                     coordinator=address),
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    child_argv(config_path, tmp_path, 1, num_processes=2, process_id=1, coordinator=address),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 1, result.stderr[-3000:]
   assert f"CoordinatorUnreachableError: Could not reach the coordinator at {address} within 2s" in result.stderr
   assert "process 0 has started" in result.stderr
@@ -181,19 +195,25 @@ def test_a_single_process_run_does_not_start_jax_distributed(tiny_config):
   assert jax.distributed.is_initialized() is False and jax.process_count() == 1
 
 
-@pytest.mark.parametrize("environ, several", [
+@pytest.mark.parametrize(
+  "environ, several",
+  [
     ({}, False),
     ({"SLURM_NTASKS": "8", "SLURM_JOB_ID": "1"}, False),  # a batch script: one process
     ({"SLURM_STEP_NUM_TASKS": "8"}, True),  # srun with 8 tasks
     ({"SLURM_STEP_NUM_TASKS": "1"}, False),
     ({"OMPI_COMM_WORLD_SIZE": "4"}, True),  # mpirun -np 4
-])
+  ],
+)
 def test_srun_and_mpirun_with_several_tasks_start_jax_distributed(environ, several):
   assert parallel.launched_as_several_processes(environ) is several
 
 
 def test_a_global_batch_that_does_not_divide_over_all_processes_devices_is_an_error(tiny_config):
   tiny_config.batch_size = 18
-  with pytest.raises(ValueError, match=r"batch_size 18 does not divide over 4 devices \(2 processes\); "
-                                       r"use a multiple of 4"):
+  with pytest.raises(
+    ValueError,
+    match=r"batch_size 18 does not divide over 4 devices \(2 processes\); "
+    r"use a multiple of 4",
+  ):
     run_setup.check_batch_size(tiny_config, num_devices=4, num_processes=2)

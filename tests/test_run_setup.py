@@ -4,8 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from depthlab import run_setup
-from depthlab import validation
+from depthlab import run_setup, validation
 from depthlab.state import step_count
 
 
@@ -20,8 +19,7 @@ def test_set_up_puts_the_state_and_the_training_data_on_the_devices(mock_cifar10
   assert np.isfinite(run.data_parallel.to_host(metrics)["train_loss"]).all()
 
 
-def test_set_up_starts_from_what_restore_gives_and_evaluating_leaves_the_training_data_off(
-    mock_cifar10, tiny_config):
+def test_set_up_starts_from_what_restore_gives_and_evaluating_leaves_the_training_data_off(mock_cifar10, tiny_config):
   def restore(template):
     return template.replace(step=template.step + 7), {"wall_time_sec": 1.0}
 

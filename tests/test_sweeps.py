@@ -9,15 +9,14 @@ import textwrap
 
 import jax
 import pytest
-import yaml
 from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
+import yaml
 
-from depthlab import cli
-from depthlab import naming
 from configs import default
+from depthlab import cli, naming
+from depthlab.writers import read_metrics
 from sweeps import run as runner
 from tests.test_train import REPO
-from depthlab.writers import read_metrics
 
 SWEEP_FILES = sorted(glob.glob(os.path.join(REPO, "sweeps", "*.yaml")))
 
@@ -53,7 +52,8 @@ def test_each_run_gets_the_agents_argv_and_train_py_trains_the_intended_config(p
 def test_plain_vs_residual_is_the_papers_grid():
   runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "plain_vs_residual.yaml")))
   assert sorted(run.name for run in runs) == sorted(
-      f"{kind}{depth}" for kind in ("plain", "resnet") for depth in (20, 32, 44, 56, 110))
+    f"{kind}{depth}" for kind in ("plain", "resnet") for depth in (20, 32, 44, 56, 110)
+  )
   assert all(run.config.total_steps == 64_000 and run.config.lr_boundaries == (32_000, 48_000) for run in runs)
 
 
@@ -72,21 +72,28 @@ def test_seeds_and_shortcuts_sweeps_give_each_run_its_own_workdir():
   seeds = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "seeds.yaml")))
   shortcuts = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "shortcuts.yaml")))
   assert len({r.workdir for r in seeds}) == 25 and "runs/seeds/resnet110-seed4" in {r.workdir for r in seeds}
-  assert {r.name for r in shortcuts} == {"resnet20", "resnet56", "resnet110", "resnet20-B", "resnet56-B",
-                                         "resnet110-B"}
+  assert {r.name for r in shortcuts} == {"resnet20", "resnet56", "resnet110", "resnet20-B", "resnet56-B", "resnet110-B"}
 
 
 def test_grid_varies_the_first_parameter_slowest():
-  sweep = {"method": "grid", "parameters": {"a": {"values": [1, 2]}, "b": {"values": ["x", "y"]},
-                                            "c": {"value": True}}}
-  assert runner.expand(sweep) == [{"a": 1, "b": "x", "c": True}, {"a": 1, "b": "y", "c": True},
-                                  {"a": 2, "b": "x", "c": True}, {"a": 2, "b": "y", "c": True}]
+  sweep = {"method": "grid", "parameters": {"a": {"values": [1, 2]}, "b": {"values": ["x", "y"]}, "c": {"value": True}}}
+  assert runner.expand(sweep) == [
+    {"a": 1, "b": "x", "c": True},
+    {"a": 1, "b": "y", "c": True},
+    {"a": 2, "b": "x", "c": True},
+    {"a": 2, "b": "y", "c": True},
+  ]
 
 
 def test_random_sweep_draws_count_runs_within_the_bounds_reproducibly():
-  sweep = {"method": "random", "parameters": {
+  sweep = {
+    "method": "random",
+    "parameters": {
       "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1.0},
-      "depth": {"values": [20, 56]}, "seed": {"min": 0, "max": 9}}}
+      "depth": {"values": [20, 56]},
+      "seed": {"min": 0, "max": 9},
+    },
+  }
   runs = runner.expand(sweep, count=20, seed=1)
   assert len(runs) == 20 and runs == runner.expand(sweep, count=20, seed=1)
   assert all(1e-3 <= r["lr"] <= 1.0 and r["depth"] in (20, 56) and 0 <= r["seed"] <= 9 for r in runs)
@@ -102,10 +109,28 @@ def test_bayes_and_unknown_macros_are_refused_with_the_way_out():
 
 def test_command_macros_are_filled_as_the_agent_fills_them(monkeypatch):
   monkeypatch.setenv("MY_FLAG", "--config.seed=7")
-  sweep = {"program": "train.py", "command": ["${env}", "A=1", "${interpreter}", "${program}", "--config=c.py",
-                                             "${args_no_boolean_flags}", "${envvar:MY_FLAG}"]}
+  sweep = {
+    "program": "train.py",
+    "command": [
+      "${env}",
+      "A=1",
+      "${interpreter}",
+      "${program}",
+      "--config=c.py",
+      "${args_no_boolean_flags}",
+      "${envvar:MY_FLAG}",
+    ],
+  }
   assert runner.command_line(sweep, {"x.on": True, "x.off": False, "x.n": 3}) == [
-      "/usr/bin/env", "A=1", sys.executable, "train.py", "--config=c.py", "--x.on", "--x.n=3", "--config.seed=7"]
+    "/usr/bin/env",
+    "A=1",
+    sys.executable,
+    "train.py",
+    "--config=c.py",
+    "--x.on",
+    "--x.n=3",
+    "--config.seed=7",
+  ]
   # The agent's default command when a sweep file names none.
   assert runner.command_line({"program": "p.py"}, {"k": 1}) == ["/usr/bin/env", sys.executable, "p.py", "--k=1"]
 
@@ -116,7 +141,8 @@ def test_command_macros_are_filled_as_the_agent_fills_them(monkeypatch):
 def write_tiny_sweep(tmp_path):
   """A 2-run sweep of a ResNet-8 and a plain-8 for 4 steps on TFDS mock data."""
   program = tmp_path / "mock_train.py"
-  program.write_text(textwrap.dedent(f"""
+  program.write_text(
+    textwrap.dedent(f"""
       import sys
       sys.path.insert(0, {REPO!r})
       import tensorflow_datasets as tfds
@@ -126,17 +152,26 @@ def write_tiny_sweep(tmp_path):
       cli.define_flags()
       with tfds.testing.mock_data(num_examples=64):
         app.run(train.main)
-      """))
+      """)
+  )
   sweep = {
-      "name": "tiny", "program": str(program), "method": "grid",
-      "command": ["${env}", "${interpreter}", "${program}", f"--config={REPO}/configs/default.py", "${args}"],
-      "parameters": {
-          "config.experiment": {"value": "tiny"},
-          "config.model.depth": {"value": 8}, "config.batch_size": {"value": 16},
-          "config.total_steps": {"value": 4}, "config.log_every_steps": {"value": 2},
-          "config.eval_every_steps": {"value": 4}, "config.checkpoint_every_steps": {"value": 2},
-          "config.dataset.cache_dir": {"value": ""}, "config.dataset.download": {"value": False},
-          "config.model.residual": {"values": [True, False]}}}
+    "name": "tiny",
+    "program": str(program),
+    "method": "grid",
+    "command": ["${env}", "${interpreter}", "${program}", f"--config={REPO}/configs/default.py", "${args}"],
+    "parameters": {
+      "config.experiment": {"value": "tiny"},
+      "config.model.depth": {"value": 8},
+      "config.batch_size": {"value": 16},
+      "config.total_steps": {"value": 4},
+      "config.log_every_steps": {"value": 2},
+      "config.eval_every_steps": {"value": 4},
+      "config.checkpoint_every_steps": {"value": 2},
+      "config.dataset.cache_dir": {"value": ""},
+      "config.dataset.download": {"value": False},
+      "config.model.residual": {"values": [True, False]},
+    },
+  }
   path = tmp_path / "tiny.yaml"
   path.write_text(yaml.safe_dump(sweep, sort_keys=False))
   return str(path)
@@ -170,7 +205,8 @@ def test_runner_runs_a_sweep_then_skips_finished_runs_and_resumes_an_interrupted
 def test_a_bad_sweep_file_lists_every_problem_before_any_run_starts(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(REPO)
   path = tmp_path / "bad.yaml"
-  path.write_text(textwrap.dedent("""\
+  path.write_text(
+    textwrap.dedent("""\
       program: train.py
       methd: grid
       method: grid
@@ -180,7 +216,8 @@ def test_a_bad_sweep_file_lists_every_problem_before_any_run_starts(tmp_path, mo
         config.learning_rate: {values: 0.1}
         config.modle.residual: {values: [true, false]}
         config.batch_size: {value: big}
-      """))
+      """)
+  )
   with pytest.raises(SystemExit) as exit_info:
     runner.main([str(path), "--dry_run"])
   err = capsys.readouterr().err
@@ -189,8 +226,12 @@ def test_a_bad_sweep_file_lists_every_problem_before_any_run_starts(tmp_path, mo
   assert "parameters.config.model.depth: 20 is a plain value; write it as {value: 20}" in err
   assert "parameters.config.learning_rate.values: must be a list" in err
 
-  path.write_text(path.read_text().replace("methd: grid\n", "").replace("config.model.depth: 20", "config.model.depth: {value: 20}")
-                  .replace("{values: 0.1}", "{values: [0.1, -1]}"))
+  path.write_text(
+    path.read_text()
+    .replace("methd: grid\n", "")
+    .replace("config.model.depth: 20", "config.model.depth: {value: 20}")
+    .replace("{values: 0.1}", "{values: [0.1, -1]}")
+  )
   with pytest.raises(SystemExit):
     runner.main([str(path), "--dry_run"])
   err = capsys.readouterr().err

@@ -15,16 +15,10 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from depthlab import input_pipeline
-from depthlab import cli
-from depthlab import collapse
-from depthlab import loop
-from depthlab import naming
-from depthlab import parallel
-from depthlab import state as state_lib
-from depthlab import steps
-from depthlab.writers import read_metrics
 from configs import default
+from depthlab import cli, collapse, input_pipeline, loop, naming, parallel, steps
+from depthlab import state as state_lib
+from depthlab.writers import read_metrics
 from tests.conftest import real_cifar10_dir, requires_cifar10, requires_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,8 +55,12 @@ def test_the_papers_exact_recipe_is_one_override_away():
 
 
 def test_command_line_overrides_any_field():
-  config = parse_flags("--config=configs/plain56.py", "--config.model.depth=110",
-                       "--config.dataset.data_dir=/data", "--config.wandb.mode=disabled")
+  config = parse_flags(
+    "--config=configs/plain56.py",
+    "--config.model.depth=110",
+    "--config.dataset.data_dir=/data",
+    "--config.wandb.mode=disabled",
+  )
   assert (config.model.depth, config.model.residual) == (110, False)
   assert config.dataset.data_dir == "/data" and config.wandb.mode == "disabled"
 
@@ -101,14 +99,17 @@ def test_auxiliary_losses_join_the_objective_with_their_weight_but_not_the_metri
 
   np.testing.assert_allclose(metrics["train_loss"][0], cross_entropy("main", params["main"]), rtol=1e-6)
   aux_grad = jax.grad(functools.partial(cross_entropy, "aux"))(params["aux"])
-  np.testing.assert_allclose(new_state.params["aux"]["kernel"][0],
-                             params["aux"]["kernel"] - weight * aux_grad["kernel"], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    new_state.params["aux"]["kernel"][0], params["aux"]["kernel"] - weight * aux_grad["kernel"], rtol=1e-5, atol=1e-7
+  )
 
 
 def test_workdir_follows_from_the_experiment_and_run_name_unless_given():
   assert cli.parse_command_line(["--config=configs/plain20.py"])[1] == "runs/plain20"
-  assert cli.parse_command_line(["--config=configs/resnet56.py", "--config.experiment=fig6",
-                                   "--config.seed=2"])[1] == "runs/fig6/resnet56-seed2"
+  assert (
+    cli.parse_command_line(["--config=configs/resnet56.py", "--config.experiment=fig6", "--config.seed=2"])[1]
+    == "runs/fig6/resnet56-seed2"
+  )
   assert cli.parse_command_line(["--config=configs/resnet56.py", "--workdir=/tmp/x"])[1] == "/tmp/x"
 
 
@@ -219,8 +220,10 @@ def test_dispatches_read_each_seed_s_batches_from_orders_computed_once_per_epoch
     for seed, key in enumerate(seed_keys):
       order_key = steps.data_keys(jax.random.key_data(key))[0]
       for step in range(first_step, first_step + 5):
-        np.testing.assert_array_equal(read(held if num_seeds == 1 else held[seed], step, 16),
-                                      input_pipeline.global_batch_indices(order_key, step, 40, 16))
+        np.testing.assert_array_equal(
+          read(held if num_seeds == 1 else held[seed], step, 16),
+          input_pipeline.global_batch_indices(order_key, step, 40, 16),
+        )
   assert computed == [0, 2, 5, 7]  # on entering a new epoch only
   orders.for_dispatch_after(19)
   orders.for_dispatch_after(18)  # the same epoch: the same orders
@@ -311,13 +314,16 @@ def test_non_finite_loss_stops_the_run_naming_the_step(mock_cifar10, tiny_config
 # ------------------------------------------------------------------------- the dead-run alarm
 
 
-@pytest.mark.parametrize("loss, error, dead", [
+@pytest.mark.parametrize(
+  "loss, error, dead",
+  [
     (2.3026, 0.90, True),  # uniform predictions
     (2.31, 0.895, True),  # one class for every image, a little noise
     (2.20, 0.90, False),  # learning: the loss is below chance
     (2.30, 0.80, False),  # learning: the error is below chance
     (7.44, 0.90, False),  # blowing up, not (yet) dead
-])
+  ],
+)
 def test_a_net_is_at_chance_when_loss_and_error_are_those_of_uniform_predictions(loss, error, dead):
   assert collapse.at_chance(loss, error, num_classes=10) == dead
 
@@ -359,15 +365,14 @@ def collapsing_config(config):
   return config
 
 
-def test_a_run_at_chance_raises_the_alarm_and_stops_keeping_its_checkpoint(mock_cifar10, tiny_config, tmp_path,
-                                                                             capfd):
+def test_a_run_at_chance_raises_the_alarm_and_stops_keeping_its_checkpoint(mock_cifar10, tiny_config, tmp_path, capfd):
   config = collapsing_config(tiny_config)
   with pytest.raises(collapse.TrainingCollapsed, match=r"Stopped at step (\d+) .*stop_on_collapse=False"):
     loop.train_and_evaluate(config, str(tmp_path))
   lines = read_metrics(tmp_path)
   stopped = lines[-1]["step"]
   assert stopped < config.total_steps
-  assert all(collapse.at_chance(l["train_loss"], l["train_error"], 10) for l in lines[-2:])
+  assert all(collapse.at_chance(line["train_loss"], line["train_error"], 10) for line in lines[-2:])
   assert "resnet8 is at chance" in capfd.readouterr().err
   assert os.path.isdir(tmp_path / "checkpoints" / str(stopped))
 

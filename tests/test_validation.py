@@ -7,9 +7,8 @@ import sys
 import ml_collections
 import pytest
 
-from depthlab import cli
-from depthlab import validation
 from configs import default
+from depthlab import cli, validation
 from tests.test_train import REPO
 
 
@@ -20,21 +19,26 @@ def problems_of(config, **kwargs):
 
 
 def test_every_config_file_passes():
-  import glob, importlib  # pylint: disable=import-outside-toplevel,multiple-imports
+  import glob
+  import importlib  # pylint: disable=import-outside-toplevel,multiple-imports
+
   for path in glob.glob(f"{REPO}/configs/*.py"):
     name = path.rsplit("/", 1)[1][:-3]
     if name != "__init__":
       validation.validate_config(importlib.import_module(f"configs.{name}").get_config(), num_devices=8)
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
     ("learning_rate", -0.1, "learning_rate = -0.1: must be a positive number"),
     ("total_steps", 0, "total_steps = 0: must be at least 1"),
     ("log_every_steps", 0, "log_every_steps = 0: must be at least 1"),
     ("checkpoint_every_steps", 0, "checkpoint_every_steps = 0: must be at least 1"),
     ("batch_size", 0, "batch_size = 0: must be at least 1"),
     ("parallelism", "pjit", "parallelism = 'pjit': unknown choice; set --config.parallelism to one of"),
-])
+  ],
+)
 def test_a_value_out_of_range_names_the_field_and_the_fix(field, value, message):
   config = default.get_config()
   config[field] = value
@@ -86,16 +90,24 @@ def test_a_workdir_that_is_a_file_is_a_problem(tmp_path):
   assert "is a file; give a folder" in problems_of(default.get_config(), workdir=str(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--config=configs/resnet20.py", "--config.learning_rate=-1"], "learning_rate = -1.0: must be a positive number"),
     (["--config=configs/resnet20.py", "--config.modle.depth=20"], 'no config field \'modle\'. Did you mean "model"'),
     (["--config=configs/resnet20.py", "--config.data_dir=/data"], "--config.data_dir: no config field 'data_dir'."),
     (["--config=configs/nope.py"], "--config=configs/nope.py: no such config file"),
     (["--config=configs/resnet20.py", "--config.total_steps=0"], "total_steps = 0: must be at least 1"),
-])
+  ],
+)
 def test_train_py_prints_one_message_and_no_traceback_for_a_bad_config(args, message, tmp_path):
-  result = subprocess.run([sys.executable, "train.py", *args, f"--workdir={tmp_path / 'run'}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "train.py", *args, f"--workdir={tmp_path / 'run'}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == cli.EXIT_CONFIG, result.stderr[-2000:]
   assert message in result.stderr and "Traceback" not in result.stderr + result.stdout
   assert not (tmp_path / "run").exists()  # a refused config leaves nothing behind

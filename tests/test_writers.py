@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from depthlab import writers
 from configs import default
+from depthlab import writers
 
 
 @pytest.fixture
@@ -51,6 +51,7 @@ def test_flat_config_uses_the_sweep_parameter_names():
 
 def test_offline_run_writes_wandb_files(mock_cifar10, tiny_config, tmp_path, monkeypatch):
   from depthlab import loop  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setenv("WANDB_MODE", "offline")
   monkeypatch.setenv("WANDB_SILENT", "true")
   tiny_config.wandb.mode = "auto"
@@ -73,6 +74,7 @@ class FakeWandbRun:
 @pytest.mark.parametrize("in_sweep", [False, True])
 def test_sweep_runs_take_the_agents_run_id_and_report_preemption(tmp_path, monkeypatch, in_sweep):
   import wandb  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setattr(wandb, "init", FakeWandbRun)
   if in_sweep:
     monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")
