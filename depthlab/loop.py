@@ -151,7 +151,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with checkpoints.PreemptionSignal() as preemption:
     ckpts = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
     try:
-      run = run_setup.set_up(config, data_parallel, restore=functools.partial(restore_or_start, config, ckpts))
+      run = run_setup.set_up(
+        config, data_parallel, restore=functools.partial(restore_or_start, config, ckpts), for_training=False
+      )
       first_step, record = run.first_step, run.record
       if first_step >= config.total_steps and "final" in record:
         if is_main:
@@ -169,6 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "raise --config.total_steps or use another --workdir."
           ]
         )
+      run_setup.put_training_data(run)  # only now: a finished run needs none
       return train_loop(
         config, workdir, run, ckpts, run_start, preemption, seconds_before=record.get("wall_time_sec", 0.0)
       )

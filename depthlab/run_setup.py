@@ -100,10 +100,15 @@ def set_up(
     record=record,
   )
   if for_training:
-    run.train_data = data_parallel.replicate(
-      {"image": dataset.train.images, "label": dataset.train.labels, "mean": dataset.mean_image}
-    )
-    # As raw key data: pmap refuses a typed key array that spans several processes.
-    run.key_data = data_parallel.replicate(jax.random.key_data(data_key))
-    run.orders = EpochOrders(config, data_parallel, data_key, len(dataset.train))
+    put_training_data(run)
   return run
+
+
+def put_training_data(run: RunSetup) -> None:
+  """Puts the training split, the data key and the epochs' orders on the run's devices."""
+  run.train_data = run.data_parallel.replicate(
+    {"image": run.dataset.train.images, "label": run.dataset.train.labels, "mean": run.dataset.mean_image}
+  )
+  # As raw key data: pmap refuses a typed key array that spans several processes.
+  run.key_data = run.data_parallel.replicate(jax.random.key_data(run.data_key))
+  run.orders = EpochOrders(run.config, run.data_parallel, run.data_key, len(run.dataset.train))
