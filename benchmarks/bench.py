@@ -41,10 +41,9 @@ from absl import app, flags
 import flax
 import jax
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
-from depthlab import input_pipeline, naming, run_setup, writers
+from depthlab import cli, input_pipeline, naming, run_setup, writers
 from nets import cpu_conv
 
 IMPORT_SECONDS = time.perf_counter() - IMPORT_START
@@ -80,14 +79,7 @@ class Options:
 
 def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None = None) -> None:
   """The benchmark's command line; `argv` (the whole command line) replaces sys.argv for config overrides."""
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "A config file from configs/, e.g. configs/resnet56.py.",
-    flag_values=flag_values,
-    lock_config=True,
-    sys_argv=argv,
-  )
+  cli.define_config_flag(flag_values, argv)
   flags.DEFINE_integer("windows", Options.windows, "Timed windows; figures are their medians.", flag_values=flag_values)
   flags.DEFINE_integer(
     "steps_per_window", Options.steps_per_window, "Train steps in each timed window.", flag_values=flag_values

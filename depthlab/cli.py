@@ -22,11 +22,9 @@ EXIT_CONFIG = 2
 EXIT_FAILURE = 1
 
 
-def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None = None) -> None:
-  """train.py's command line (defined on demand: parse_command_line defines it on flags of its own).
-
-  `argv` (the whole command line) replaces sys.argv as the source of config overrides.
-  """
+def define_config_flag(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None = None) -> None:
+  """--config=configs/<file>.py and its --config.<field>=<value> overrides, for every command
+  that takes a config; `argv` (the whole command line) replaces sys.argv as their source."""
   config_flags.DEFINE_config_file(
     "config",
     None,
@@ -35,6 +33,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None =
     lock_config=True,
     sys_argv=argv,
   )
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS, argv: list[str] | None = None) -> None:
+  """train.py's command line (defined on demand: parse_command_line defines it on flags of its own).
+
+  `argv` (the whole command line) replaces sys.argv as the source of config overrides.
+  """
+  define_config_flag(flag_values, argv)
   flags.DEFINE_string(
     "workdir",
     None,

@@ -88,27 +88,18 @@ class ResNet(nn.Module):
     norm = norm_factory(train, self.dtype, self.axis_name)
 
     x = jnp.asarray(x, self.dtype)
-    if self.cifar_stem:
-      x = ConvReLU(
-        64,
-        3,
-        batch_norm=True,
-        dtype=self.dtype,
-        axis_name=self.axis_name,
-        conv_weight_grad=self.conv_weight_grad,
-        name="conv1",
-      )(x, train)
-    else:
-      x = ConvReLU(
-        64,
-        7,
-        2,
-        batch_norm=True,
-        dtype=self.dtype,
-        axis_name=self.axis_name,
-        conv_weight_grad=self.conv_weight_grad,
-        name="conv1",
-      )(x, train)
+    kernel, strides = (3, 1) if self.cifar_stem else (7, 2)  # conv1: 7x7, 64, stride 2
+    x = ConvReLU(
+      64,
+      kernel,
+      strides,
+      batch_norm=True,
+      dtype=self.dtype,
+      axis_name=self.axis_name,
+      conv_weight_grad=self.conv_weight_grad,
+      name="conv1",
+    )(x, train)
+    if not self.cifar_stem:
       x = Pool(3, 2, padding="SAME", name="pool1")(x)
     for stage, (features, count) in enumerate(zip(STAGE_WIDTHS, counts)):
       for block in range(count):
