@@ -8,6 +8,9 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
+  # fmt: off
+  # One field a line, its comment beside it: the recipe reads as a table (and a test checks
+  # that every field has its comment), so the formatter leaves this function's lines alone.
   config = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict()
@@ -15,24 +18,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.depth = 56  # 6n+2 layers: 20, 32, 44, 56, 110, 1202
   config.model.residual = True  # False: the plain net, same layers without shortcuts
   config.model.shortcut = "A"  # where the shape changes: "A" zero-pad (no params), "B" 1x1 conv
-  config.model.zero_init_residual = (
-    False  # residual blocks start as the identity (not the paper's; no plain equivalent)
-  )
+  config.model.zero_init_residual = False  # residual blocks start as the identity (not the paper's; no plain equivalent)
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "cifar10"  # a TFDS image classification dataset
-  config.dataset.data_dir = ml_collections.config_dict.placeholder(
-    str
-  )  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
   config.dataset.download = True  # prepare the data with TFDS when it is missing (needs a network)
   config.dataset.validation_size = 0  # hold out the last N train images (the paper's 45k/5k split: 5000)
   config.dataset.cache_dir = "~/.cache/depthlab"  # decoded uint8 arrays are cached here; "" turns it off
   config.dataset.crop_padding = 4  # zero-pad each side by this, then crop back at random
   config.dataset.random_flip = True  # horizontal flip with probability 1/2
   config.dataset.test_split = "test"  # the split reported as test_* (imagenette: "validation")
-  config.dataset.image_size = (
-    0  # ImageNet-sized input: the net sees image_size^2 crops of images stored at 8/7 of it; 0: as stored
-  )
+  config.dataset.image_size = 0  # ImageNet-sized input: the net sees image_size^2 crops of images stored at 8/7 of it; 0: as stored
   config.dataset.augmentation = "pad_crop_flip"  # CIFAR's; "random_resized_crop": ImageNet's (needs image_size)
 
   config.batch_size = 128  # global: split evenly over all devices of all processes
@@ -42,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_decay = 0.1  # factor applied at each boundary
   # Departs from the paper, which warms up only its 110-layer net: every depth, plain and
   # residual alike, warms up, since the paper's 0.1 from step 1 blows up and kills ResNet-56
-  # at some seeds (README, "The recipe"). The paper's exact recipe: --config.warmup_steps=0.
+  # at some seeds (docs/recipe.md). The paper's exact recipe: --config.warmup_steps=0.
   config.warmup_steps = 400  # train at warmup_learning_rate for this many steps first
   config.warmup_learning_rate = 0.01  # the rate during warm-up
   config.momentum = 0.9  # SGD momentum
@@ -53,20 +50,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.parallelism = "pmap"  # "pmap" or "shard_map" (jax.jit over a device mesh)
   config.num_devices = 0  # local devices to train on; 0: all of them
   config.cross_replica_bn = False  # batch-norm statistics over the global batch instead of per device
-  config.steps_per_dispatch = (
-    1  # train steps per host dispatch (a lax.scan); more hides dispatch latency on accelerators
-  )
-  config.conv_weight_grad = (
-    "auto"  # convolutions' weight gradient: "patches" (fast on CPU), "lax", "auto": patches on CPU only
-  )
-  config.num_seeds = 1  # K > 1: train seeds seed .. seed+K-1 in one step (see README)
-  config.seed_batching = (
-    "auto"  # several seeds: "vmap" (fills an accelerator), "loop" (faster on CPU), auto: loop on CPU
-  )
+  config.steps_per_dispatch = 1  # train steps per host dispatch (a lax.scan); more hides dispatch latency on accelerators
+  config.conv_weight_grad = "auto"  # convolutions' weight gradient: "patches" (fast on CPU), "lax", "auto": patches on CPU only
+  config.num_seeds = 1  # K > 1: train seeds seed .. seed+K-1 in one step (see docs/sweeps.md)
+  config.seed_batching = "auto"  # several seeds: "vmap" (fills an accelerator), "loop" (faster on CPU), auto: loop on CPU
 
   config.log_every_steps = 100  # write training metrics (averaged since the last line) this often
   config.collapse_steps = 2_000  # steps in a row at chance (every log line), after the warm-up, that raise the alarm
-  config.stop_on_collapse = True  # and then stop, the checkpoint kept (README: a dead run); False trains on
+  config.stop_on_collapse = True  # and then stop, the checkpoint kept (docs/recipe.md); False trains on
   config.log_grad_norms = False  # also log the gradient norm of each block (grad_norm/<block>)
   config.eval_every_steps = 1_000  # evaluate the whole test split this often, and at the end
   config.checkpoint_every_steps = 1_000  # save the train state this often, and at the end
@@ -77,24 +68,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.experiment = ""  # runs of one experiment (sweep) share it: workdir runs/<experiment>/<run name>
 
   config.wandb = ml_collections.ConfigDict()
-  config.wandb.mode = (
-    "auto"  # auto: $WANDB_MODE, else online with credentials, else offline; or online/offline/disabled
-  )
+  config.wandb.mode = "auto"  # auto: $WANDB_MODE, else online with credentials, else offline; or online/offline/disabled
   config.wandb.project = "depthlab"  # wandb project
   config.wandb.entity = ml_collections.config_dict.placeholder(str)  # wandb entity (team); None: your default
   config.wandb.group = ml_collections.config_dict.placeholder(str)  # runs grouped under this name
 
   config.distributed = ml_collections.ConfigDict()
-  # Join a multi-process run (also done when a coordinator address is set, or under srun/mpirun
-  # with several tasks).
-  config.distributed.initialize = False
-  config.distributed.coordinator_address = ml_collections.config_dict.placeholder(
-    str
-  )  # host:port of process 0; None: $JAX_COORDINATOR_ADDRESS, else detected
-  config.distributed.num_processes = ml_collections.config_dict.placeholder(
-    int
-  )  # None: $JAX_NUM_PROCESSES, else detected
+  config.distributed.initialize = False  # join a multi-process run (also done when a coordinator address is set, or under srun/mpirun with several tasks)
+  config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)  # host:port of process 0; None: $JAX_COORDINATOR_ADDRESS, else detected
+  config.distributed.num_processes = ml_collections.config_dict.placeholder(int)  # None: $JAX_NUM_PROCESSES, else detected
   config.distributed.process_id = ml_collections.config_dict.placeholder(int)  # None: $JAX_PROCESS_ID, else detected
   config.distributed.initialization_timeout = 120  # seconds to wait for the coordinator and all processes
+  # fmt: on
 
   return config
