@@ -2,9 +2,10 @@
 
 Cheap on purpose (no JAX, no training): it reads Markdown and looks at the file system.
 Checked: every relative link or image in README.md and docs/*.md points at a file of the repo,
-and its #anchor (if any) at a heading of that file; every `configs/X.py` and `sweeps/X.yaml`
-the text names exists. Links to code files are not used in the docs (code paths are written
-in backticks), so a link here is always to a Markdown page or an image.
+and its #anchor (if any) at a heading of that file; every `configs/X.py`, `sweeps/X.yaml` and
+code file the text names exists, and so does the script or module of every `python ...`
+command. Links to code files are not used in the docs (code paths are written in backticks),
+so a link here is always to a Markdown page or an image.
 """
 
 import pathlib
@@ -105,6 +106,34 @@ def test_every_sweep_file_is_documented():
     assert f"sweeps/{sweep.name}" in documented, f"sweeps/{sweep.name} is in no page of the docs"
 
 
-def test_the_docs_use_the_benchmark_as_a_module():
-  for page in PAGES:
-    assert "python bench.py" not in _text(page), f"{page.relative_to(ROOT)}: use python -m benchmarks.bench"
+@pytest.mark.parametrize(
+  ("page", "path"),
+  [
+    pytest.param(page, path, id=f"{page.relative_to(ROOT)}:{path}")
+    for page, path in _named(r"(?<![\w/.])((?:depthlab|nets|benchmarks|tests|sweeps)/\w+\.(?:py|sh|txt))")
+  ],
+)
+def test_every_named_code_file_exists(page, path):
+  assert (ROOT / path).is_file(), f"{page.relative_to(ROOT)} names {path}, which does not exist"
+
+
+@pytest.mark.parametrize(
+  ("page", "command"),
+  [
+    pytest.param(page, command, id=f"{page.relative_to(ROOT)}:{command}")
+    for page, command in _named(r"python (?:-m [\w.]+|[\w/]+\.py)")
+  ],
+)
+def test_every_python_command_names_a_file_of_the_repo(page, command):
+  """`python train.py`, `python sweeps/run.py`, `python -m benchmarks.bench`: the script or module is
+  here (`python -m pytest` and `python -m pip` are the tools', not ours)."""
+  target = command.split()[-1]
+  if command.startswith("python -m "):
+    if target.split(".")[0] in ("pytest", "pip", "venv"):
+      return
+    module = ROOT / target.replace(".", "/")
+    assert module.with_suffix(".py").is_file() or (module / "__main__.py").is_file(), (
+      f"{page.relative_to(ROOT)}: {command}: no module {target} in the repo"
+    )
+  else:
+    assert (ROOT / target).is_file(), f"{page.relative_to(ROOT)}: {command}: no {target} in the repo"
