@@ -101,10 +101,8 @@ def run_summary(loss: np.ndarray, error: np.ndarray, num_classes: int = 10) -> d
 
 
 def read_results(path: str) -> list[dict[str, Any]]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The nets measured so far in `path` (a line cut short by a crash is skipped)."""
+  return writers.read_json_lines(path, "net", "measured net") if os.path.exists(path) else []
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
@@ -132,6 +130,7 @@ def measure(
   config and steps, else trained and appended to it."""
   done = read_results(out)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  writers.write_json_lines(out, done)  # without a torn last line, so that appends start lines of their own
   results = []
   for depth, residual in nets_to_train:
     config = net_config(base, depth, residual)

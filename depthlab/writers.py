@@ -95,7 +95,13 @@ class MetricsFileError(ValueError):
 
 
 def read_metrics_file(path: str) -> list[dict[str, float]]:
-  """The lines of a metrics.jsonl, in order.
+  """The lines of a metrics.jsonl, in order (see `read_json_lines`)."""
+  return read_json_lines(path, "step", "metrics line")
+
+
+def read_json_lines(path: str, key: str, what: str) -> list[dict[str, Any]]:
+  """The lines of a file of JSON objects, one a line, each holding `key`, appended to as work is
+  done (metrics.jsonl, a benchmark's results).
 
   A crash or a full disk during a write leaves at most one incomplete last line: it is
   skipped with a warning naming the file and the line. A bad line anywhere else is a
@@ -108,14 +114,14 @@ def read_metrics_file(path: str) -> list[dict[str, float]]:
   for i, (number, raw) in enumerate(numbered):
     try:
       line = json.loads(raw)
-      if not isinstance(line, dict) or "step" not in line:
-        raise ValueError("not a metrics line")
+      if not isinstance(line, dict) or key not in line:
+        raise ValueError(f"not a {what}")
     except ValueError as e:  # UnicodeDecodeError and json's errors are ValueErrors
       if i == len(numbered) - 1:
         print(f"{path}: line {number} is incomplete (a write cut short); skipping it.", file=sys.stderr, flush=True)
         break
       raise MetricsFileError(
-        f"{path}: line {number} is not a metrics line ({e}: {raw[:80]!r}); "
+        f"{path}: line {number} is not a {what} ({e}: {raw[:80]!r}); "
         "only the last line may be incomplete. Remove or repair that line."
       ) from e
     lines.append(line)
@@ -132,7 +138,11 @@ def keep_lines_up_to(path: str, step: int) -> None:
   incomplete last line (so that the next append starts a line of its own)."""
   if not os.path.exists(path):
     return
-  lines = [line for line in read_metrics_file(path) if line["step"] <= step]
+  write_json_lines(path, [line for line in read_metrics_file(path) if line["step"] <= step])
+
+
+def write_json_lines(path: str, lines: list[dict[str, Any]]) -> None:
+  """Replaces the file with these lines, all or nothing (a torn tail goes with the old file)."""
   with open(f"{path}.tmp", "w") as f:
     f.writelines(json.dumps(line) + "\n" for line in lines)
   os.replace(f"{path}.tmp", path)

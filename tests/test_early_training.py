@@ -46,6 +46,19 @@ def test_each_net_trains_once_and_a_rerun_reads_it_back(mock_cifar10, tiny_confi
     early_training.measure(tiny_config, [(8, True)], steps=3, out=out)
 
 
+def test_a_measurement_killed_mid_line_resumes_without_the_torn_line(tiny_config, tmp_path, monkeypatch, capsys):
+  out = str(tmp_path / "early.jsonl")
+  curves = {"loss": np.full((2, 1), 2.3), "error": np.full((2, 1), 0.9)}
+  monkeypatch.setattr(early_training, "train_curves", lambda *_: curves)
+  first = early_training.measure(tiny_config, [(8, False)], steps=2, out=out)
+  with open(out, "a") as f:
+    f.write('{"net": "resnet8", "seeds": [0], "lo')  # killed while writing the next net
+  both = early_training.measure(tiny_config, [(8, False), (8, True)], steps=2, out=out)
+  assert "line 2 is incomplete" in capsys.readouterr().err
+  assert both[0] == first[0]
+  assert [r["net"] for r in early_training.read_results(out)] == ["plain8", "resnet8"]
+
+
 @requires_cifar10
 def test_the_default_resnet56_recipe_learns_where_the_papers_blows_up(real_cache_dir):
   """On the real data: the paper's 0.1 from step 1 sends ResNet-56's loss far above its start,
