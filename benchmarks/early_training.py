@@ -198,7 +198,10 @@ def main(argv):
   with cli.user_errors_as_messages():
     nets_to_train = [(int(d), r.lower() == "true") for r in FLAGS.residual for d in FLAGS.depths]
     for depth, residual in nets_to_train:  # every net's problems before any net trains
-      validation.validate_config(net_config(FLAGS.config, depth, residual))
+      try:
+        validation.validate_config(net_config(FLAGS.config, depth, residual))
+      except validation.ConfigError as e:  # here the depth comes from --depths, not the config
+        raise validation.ConfigError([p.replace("--config.model.depth", "--depths") for p in e.problems]) from e
     results = measure(FLAGS.config, nets_to_train, FLAGS.steps, FLAGS.out)
   print(format_table(results), flush=True)
   if FLAGS.plot:

@@ -2,6 +2,8 @@
 that resumes."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from benchmarks import early_training
 from depthlab import cli
 from tests.conftest import real_cifar10_dir, requires_cifar10
+from tests.test_train import REPO
 
 CHANCE = math.log(10)
 
@@ -85,3 +88,16 @@ def test_the_figure_has_a_line_per_seed_plain_nets_left_residual_right():
   plain, residual = fig.axes
   assert len(plain.lines) == 2 * 2 + 1 and len(residual.lines) == 2 + 1  # seeds, and the chance line
   assert "plain" in plain.get_title() and "residual" in residual.get_title()
+
+
+def test_a_depth_that_is_not_6n_plus_2_is_one_message_naming_the_depths_flag(tmp_path):
+  result = subprocess.run(
+    [sys.executable, "-m", "benchmarks.early_training", "--depths=20,57", f"--out={tmp_path / 'e.jsonl'}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == cli.EXIT_CONFIG and "Traceback" not in result.stderr
+  assert "got 57. Set --depths to one of those" in result.stderr
+  assert not (tmp_path / "e.jsonl").exists()  # nothing trained
