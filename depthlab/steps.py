@@ -32,7 +32,7 @@ def block_grad_norms(grads: Any) -> dict[str, jax.Array]:
   Keys are `grad_norm/<block>` in the order the net creates its blocks, so a plot of
   them runs from the first layer to the classifier.
   """
-  return {f"grad_norm/{name}": optax.global_norm(g) for name, g in grads.items()}
+  return {f"grad_norm/{name}": optax.tree.norm(g) for name, g in grads.items()}
 
 
 def train_step(
