@@ -1,4 +1,9 @@
-"""The base config: He et al. 2015's CIFAR-10 recipe (section 4.2) for ResNet-56.
+"""The base config: He et al. 2015's CIFAR-10 recipe (section 4.2) for ResNet-56, with one departure:
+a warm-up at 0.01 for the first 400 steps at every depth (see warmup_steps below).
+
+Train it with:
+
+    python train.py --config=configs/default.py     # ResNet-56, as configs/resnet56.py
 
 Every experiment file in configs/ imports `get_config` from here and overrides a few
 fields. Any field can be overridden on the command line, e.g. `--config.model.depth=110`.

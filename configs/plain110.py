@@ -1,5 +1,10 @@
 """Plain-110 (no shortcuts) on CIFAR-10 with the paper's recipe (the 400-step warm-up at 0.01 that the paper gives
-this depth is configs/default.py's for every depth)."""
+this depth is configs/default.py's for every depth).
+
+Train it with:
+
+    python train.py --config=configs/plain110.py
+"""
 
 import ml_collections
 

@@ -1,4 +1,9 @@
-"""Plain-32 (no shortcuts) on CIFAR-10 with the paper's recipe."""
+"""Plain-32 (no shortcuts) on CIFAR-10 with the paper's recipe and configs/default.py's 400-step warm-up.
+
+Train it with:
+
+    python train.py --config=configs/plain32.py
+"""
 
 import ml_collections
 

@@ -1,5 +1,10 @@
 """ImageNet ResNet-18 on CIFAR-10: a 3x3/1 conv1 and no max pool, so the four stages run at
-32, 16, 8 and 4 pixels; the CIFAR recipe of He et al. 2015 otherwise."""
+32, 16, 8 and 4 pixels; the CIFAR recipe of He et al. 2015 otherwise.
+
+Train it with:
+
+    python train.py --config=configs/resnet18.py
+"""
 
 import ml_collections
 

@@ -1,4 +1,9 @@
-"""ResNet-20 on CIFAR-10 with the paper's recipe."""
+"""ResNet-20 on CIFAR-10 with the paper's recipe and configs/default.py's 400-step warm-up.
+
+Train it with:
+
+    python train.py --config=configs/resnet20.py
+"""
 
 import ml_collections
 

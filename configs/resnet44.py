@@ -1,4 +1,9 @@
-"""ResNet-44 on CIFAR-10 with the paper's recipe."""
+"""ResNet-44 on CIFAR-10 with the paper's recipe and configs/default.py's 400-step warm-up.
+
+Train it with:
+
+    python train.py --config=configs/resnet44.py
+"""
 
 import ml_collections
 

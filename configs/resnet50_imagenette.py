@@ -5,6 +5,10 @@ the centre 224x224 of images resized to 256. The recipe is the paper's ImageNet 
 scaled to the small set: batch 256, SGD at 0.1 with momentum 0.9 and weight decay 1e-4,
 divided by 10 twice. An accelerator's job; the training images take 1.9 GB of device memory.
 
+Train it with:
+
+    python train.py --config=configs/resnet50_imagenette.py
+
     python train.py --config=configs/resnet50_imagenette.py
 """
 

@@ -1,4 +1,9 @@
-"""ResNet-56 on CIFAR-10 with the paper's recipe."""
+"""ResNet-56 on CIFAR-10 with the paper's recipe and configs/default.py's 400-step warm-up.
+
+Train it with:
+
+    python train.py --config=configs/resnet56.py
+"""
 
 import ml_collections
 

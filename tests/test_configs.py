@@ -1,7 +1,10 @@
 """configs/: the paper's recipe in default.py, every field explained, one file per experiment."""
 
+import ast
 import functools
+import glob
 import importlib
+import os
 import re
 
 import jax
@@ -14,6 +17,7 @@ from configs import default
 from depthlab import input_pipeline, loop, steps
 from depthlab import state as state_lib
 import nets
+from tests.test_train import REPO
 
 DEPTHS = (20, 32, 44, 56, 110)
 
@@ -173,3 +177,12 @@ def test_net_config_trains_one_step_on_mock_data(name, tiny_mock_cifar10, tiny_c
   assert int(new_state.step[0]) == 1 and np.isfinite(metrics["train_loss"]).all()
   moved = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b[0])), state.params, new_state.params)
   assert all(jax.tree_util.tree_leaves(moved)), name  # every parameter (aux heads too) got a gradient
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))), ids=os.path.basename)
+def test_every_config_gives_the_command_that_trains_it(path):
+  if os.path.basename(path) == "__init__.py":
+    return
+  with open(path) as f:
+    docstring = ast.get_docstring(ast.parse(f.read()))
+  assert f"python train.py --config=configs/{os.path.basename(path)}" in docstring
