@@ -57,9 +57,21 @@ def test_plain_vs_residual_is_the_papers_grid():
   assert all(run.config.total_steps == 64_000 and run.config.lr_boundaries == (32_000, 48_000) for run in runs)
 
 
-def test_reduced_fig6_is_fig6_at_20_and_56_layers_with_the_papers_schedule_scaled():
+def test_reduced_fig6_is_fig6_at_20_and_56_layers():
   runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "fig6_reduced.yaml")))
   assert [run.name for run in runs] == ["plain20", "plain56", "resnet20", "resnet56"]  # plain nets first
+  assert {run.config.total_steps for run in runs} == {2_000}
+
+
+def test_the_residual_half_at_twice_the_length():
+  runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "fig6_residual_4k.yaml")))
+  assert [run.name for run in runs] == ["resnet20", "resnet56"]
+  assert {run.config.total_steps for run in runs} == {4_000}
+
+
+@pytest.mark.parametrize("name", ["fig6_reduced.yaml", "fig6_residual_4k.yaml"])
+def test_shortened_fig6_runs_keep_the_recipe_and_scale_the_papers_schedule(name):
+  runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", name)))
   for run in runs:
     paper = default.get_config()
     scale = run.config.total_steps / paper.total_steps
