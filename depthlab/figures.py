@@ -1,9 +1,9 @@
 """Compares runs as He et al. 2015 do: Fig. 6 (training error dashed, test error solid,
 against steps, one colour per depth, plain and residual nets in side-by-side panels with a
-shared y axis; PNG and PDF), a Markdown table in the form of Table 6 (mean ± std where
-several seeds ran, as separate runs or as one run of config.num_seeds; their test error's
-spread is a band in the figure), and, for runs with config.log_grad_norms, each block's
-gradient norm from input to output. `compare` draws and writes them all."""
+shared y axis, a dotted line where the learning rate changes; PNG and PDF), a Markdown table
+in the form of Table 6 (mean ± std where several seeds ran, as separate runs or as one run of
+config.num_seeds; their test error's spread is a band in the figure), and, for runs with
+config.log_grad_norms, each block's gradient norm from input to output. `compare` draws and writes them all."""
 
 from collections.abc import Sequence
 import os
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from depthlab.history import RunHistory, common_curves, group_by_net, load_runs, mean_curve, up_to_step
+from depthlab.state import learning_rate_schedule
 
 # He et al. 2015, Table 6: CIFAR-10 test error (%) of the residual nets (option A).
 PAPER_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -47,6 +48,24 @@ def panel_figure(runs: Sequence[RunHistory]) -> tuple[Any, list[tuple[Any, str, 
   return fig, layout
 
 
+def rate_changes(config: Any) -> list[tuple[int, float]]:
+  """(steps done, the learning rate from the next step on) wherever a run's rate changes."""
+  rates = np.asarray(learning_rate_schedule(config)(np.arange(config.total_steps)))  # the rate of step k + 1
+  return [(int(step), float(rates[step])) for step in np.flatnonzero(rates[1:] != rates[:-1]) + 1]
+
+
+def mark_rate_changes(ax: Any, runs: Sequence[RunHistory]) -> None:
+  """A dotted line where the runs' learning rate changes, within the steps drawn: a jump in the
+  curves there (the end of the warm-up, a drop) is the schedule's."""
+  last_step = max(run.lines[-1]["step"] for run in runs)
+  for step, rate in sorted({change for run in runs for change in rate_changes(run.config)}):
+    if step < last_step:
+      ax.axvline(step, color="grey", linestyle=":", linewidth=1)
+      ax.text(
+        step, 0.98, f"lr {rate:g} ", transform=ax.get_xaxis_transform(), rotation=90, va="top", ha="right", fontsize=7
+      )
+
+
 def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
   """Fig. 6 as a matplotlib figure: train error dashed, test error solid, one colour per net."""
   fig, layout = panel_figure(runs)
@@ -72,6 +91,7 @@ def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
         markersize=3,
         label=f"{net}{seeds}",
       )
+    mark_rate_changes(ax, [run for *_, group in nets for run in group])
     ax.set_title(PANEL_TITLES.get(panel, panel))
     ax.set_xlabel("iterations")
     ax.grid(alpha=0.3)

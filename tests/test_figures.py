@@ -63,6 +63,28 @@ def test_figure_has_a_train_and_a_test_line_per_net_in_plain_and_residual_panels
   assert plain.get_shared_y_axes().joined(plain, residual)
 
 
+def test_the_learning_rates_changes_are_those_of_the_runs_schedule():
+  config = default.get_config()
+  assert [(step, round(rate, 6)) for step, rate in figures.rate_changes(config)] == [
+    (400, 0.1),
+    (32_000, 0.01),
+    (48_000, 0.001),
+  ]
+  config.warmup_steps, config.lr_boundaries = 0, (1000,)
+  assert [step for step, _ in figures.rate_changes(config)] == [1000]
+
+
+def test_figure_marks_where_the_learning_rate_changes_within_the_steps_drawn(tmp_path):
+  for name, residual in (("plain20", False), ("resnet20", True)):
+    write_run(tmp_path / name, 20, residual, steps=tuple(range(250, 2001, 250)))
+  fig = figures.draw_error_curves(history.load_runs([str(tmp_path)]))
+  for ax in fig.axes:  # the default schedule: 0.1 after the warm-up's 400 steps; its drops come after 2,000
+    marks = [line for line in ax.lines if line.get_linestyle() == ":"]
+    assert [line.get_xdata()[0] for line in marks] == [400]
+    assert [text.get_text().strip() for text in ax.texts] == ["lr 0.1"]
+    assert ax.get_xlim()[1] < 2500
+
+
 def test_table_numbers_are_those_of_metrics_jsonl(sweep_dir):
   rows = table_rows(figures.results_table(history.load_runs([str(sweep_dir)])))
   lines = read_metrics(sweep_dir / "plain56")
