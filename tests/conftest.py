@@ -20,6 +20,7 @@ import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from configs import default  # pylint: disable=g-import-not-at-top
+from depthlab import cli  # pylint: disable=g-import-not-at-top
 
 # Many tests compile the same tiny train step; compile it once per machine.
 jax.config.update(
@@ -36,6 +37,11 @@ if not ON_CPU:
 requires_cpu = pytest.mark.skipif(
   not ON_CPU, reason=f"the default backend is {jax.default_backend()}: the test checks what only the CPU gives"
 )
+
+
+def parse_flags(*argv: str):
+  """The config that `python train.py <argv>` trains with."""
+  return cli.parse_command_line(list(argv))[0]
 
 
 def requires_devices(count: int) -> pytest.MarkDecorator:
