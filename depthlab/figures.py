@@ -3,7 +3,8 @@ against steps, one colour per depth, plain and residual nets in side-by-side pan
 shared y axis, a dotted line where the learning rate changes; PNG and PDF), a Markdown table
 in the form of Table 6 (mean ± std where several seeds ran, as separate runs or as one run of
 config.num_seeds; their test error's spread is a band in the figure), and, for runs with
-config.log_grad_norms, each block's gradient norm from input to output. `compare` draws and writes them all."""
+config.log_grad_norms, each block's gradient norm from input to output. `compare` draws and
+writes them all."""
 
 from collections.abc import Sequence
 import os

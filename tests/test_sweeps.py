@@ -69,9 +69,9 @@ def test_the_residual_half_at_twice_the_length():
   assert {run.config.total_steps for run in runs} == {4_000}
 
 
-@pytest.mark.parametrize("name", ["fig6_reduced.yaml", "fig6_residual_4k.yaml"])
-def test_shortened_fig6_runs_keep_the_recipe_and_scale_the_papers_schedule(name):
-  runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", name)))
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "sweeps", "fig6_*.yaml"))), ids=os.path.basename)
+def test_shortened_fig6_runs_keep_the_recipe_and_scale_the_papers_schedule(path):
+  runs = runner.plan(runner.load_sweep(path))
   for run in runs:
     paper = default.get_config()
     scale = run.config.total_steps / paper.total_steps
