@@ -63,10 +63,14 @@ def test_reduced_fig6_is_fig6_at_20_and_56_layers():
   assert {run.config.total_steps for run in runs} == {2_000}
 
 
-def test_the_residual_half_at_twice_the_length():
-  runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "fig6_residual_4k.yaml")))
+@pytest.mark.parametrize("steps", [4_000, 8_000])
+def test_the_residual_half_at_longer_lengths(steps):
+  runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", f"fig6_residual_{steps // 1000}k.yaml")))
   assert [run.name for run in runs] == ["resnet20", "resnet56"]
-  assert {run.config.total_steps for run in runs} == {4_000}
+  assert {run.config.total_steps for run in runs} == {steps}
+  assert {run.workdir for run in runs} == {
+    f"runs/fig6_residual_{steps // 1000}k/{net}" for net in ("resnet20", "resnet56")
+  }
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "sweeps", "fig6_*.yaml"))), ids=os.path.basename)
