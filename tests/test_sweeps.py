@@ -63,7 +63,7 @@ def test_reduced_fig6_is_fig6_at_20_and_56_layers():
   assert {run.config.total_steps for run in runs} == {2_000}
 
 
-@pytest.mark.parametrize("steps", [4_000, 8_000])
+@pytest.mark.parametrize("steps", [4_000, 8_000, 16_000])
 def test_the_residual_half_at_longer_lengths(steps):
   runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", f"fig6_residual_{steps // 1000}k.yaml")))
   assert [run.name for run in runs] == ["resnet20", "resnet56"]
