@@ -355,6 +355,9 @@ def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None)
       print(f"[{run.index + 1}/{len(runs)}] {run.name}: finished before, skipped ({run.workdir})", flush=True)
     else:
       todo.append(run)
+  # A sweep resumed near its end may have fewer runs left than slots: the cores are then split
+  # between those runs only, not left idle for the ones that finished before.
+  parallel = max(1, min(parallel, len(todo)))
   stop = {"signum": 0}
 
   def forward(signum, frame):  # pylint: disable=unused-argument

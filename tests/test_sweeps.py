@@ -208,14 +208,27 @@ def test_runner_runs_a_sweep_then_skips_finished_runs_and_resumes_an_interrupted
     assert glob.glob(os.path.join(workdir, "wandb", "offline-run-*")), "offline wandb files to sync later"
     assert "Done: " in open(os.path.join(workdir, "train.log")).read()
 
-  # plain8 loses its final checkpoint, as if killed after step 2; resnet8 is finished.
+  # plain8 loses its final checkpoint, as if killed after step 2; resnet8 is finished, so the
+  # one run left gets every core instead of the share of one of two slots.
   shutil.rmtree(os.path.join(plain, "checkpoints", "4"))
-  assert runner.main([sweep, "--gpus", ""]) == 0
+  assert runner.main([sweep, "--parallel", "2", "--gpus", ""]) == 0
   out = capsys.readouterr().out
   assert "resnet8: finished before, skipped" in out
+  assert "plain8: started;" in out and "on cores" not in out
   assert "resuming at step 2" in open(os.path.join(plain, "train.log")).read()
   assert [line["step"] for line in read_metrics(plain)] == [2, 4]
   assert "| resnet8 | finished before |" in out and "| plain8 | done |" in out
+
+
+def test_parallel_runs_split_the_cores_or_take_the_gpus_in_turn(monkeypatch):
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+  assert [runner.slot_settings(slot, 4, [])[1] for slot in range(4)] == [{0, 1}, {2, 3}, {4, 5}, {6, 7}]
+  assert runner.slot_settings(0, 1, []) == ({}, None)  # one run at a time: no pinning
+  assert runner.slot_settings(2, 3, ["0", "1"]) == (
+    {"CUDA_VISIBLE_DEVICES": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},  # two runs share GPU 0
+    None,
+  )
+  assert runner.slot_settings(1, 2, ["0", "1"]) == ({"CUDA_VISIBLE_DEVICES": "1"}, None)
 
 
 def test_a_bad_sweep_file_lists_every_problem_before_any_run_starts(tmp_path, monkeypatch, capsys):
