@@ -438,7 +438,7 @@ def run_sweep_file(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return 0
   os.environ.setdefault("WANDB_MODE", "offline")  # no server: write files to sync later
   gpus = None if args.gpus is None else [g for g in args.gpus.split(",") if g.strip()]
-  print(f"Sweep {sweep['name']}: {len(runs)} runs, {args.parallel} at a time.", flush=True)
+  print(f"Sweep {sweep['name']}: {len(runs)} runs, up to {args.parallel} at a time.", flush=True)
   run_sweep(runs, args.parallel, gpus)
   print("\n" + summary_table(runs), flush=True)
   failed = [r for r in runs if r.status not in ("done", "finished before")]
