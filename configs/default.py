@@ -46,7 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   # residual alike, warms up, since the paper's 0.1 from step 1 blows up and kills ResNet-56
   # at some seeds (docs/recipe.md). The paper's exact recipe: --config.warmup_steps=0.
   config.warmup_steps = 400  # train at warmup_learning_rate for this many steps first
-  config.warmup_learning_rate = 0.01  # the rate during warm-up
+  config.warmup_learning_rate = 0.01  # the rate during warm-up ("constant"), or where it starts ("linear")
+  config.warmup_shape = "constant"  # "constant": warmup_learning_rate, then a step to learning_rate; "linear": a ramp between them
   config.momentum = 0.9  # SGD momentum
   config.weight_decay = 1e-4  # L2 penalty on every parameter, added to the gradient
   config.aux_loss_weight = 0.3  # weight of each auxiliary classifier's loss (GoogLeNet's two heads; the paper's 0.3)

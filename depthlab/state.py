@@ -22,10 +22,20 @@ class TrainState(train_state.TrainState):
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Warm-up rate until `warmup_steps`, then `learning_rate`, times `lr_decay` at each boundary."""
+  """The rate of each step: the warm-up for `warmup_steps`, then `learning_rate`, times
+  `lr_decay` at each of `lr_boundaries`.
+
+  The warm-up is `warmup_shape`: "constant" holds `warmup_learning_rate`; "linear" rises
+  from it, step by step, to `learning_rate`, so that no step multiplies the rate (a jump
+  from 0.01 to 0.1 at the end of a constant warm-up throws the nets back: docs/recipe.md).
+  """
   boundaries = {b: config.lr_decay for b in config.lr_boundaries}
   if not config.warmup_steps:
     return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+  if config.warmup_shape == "linear":
+    warmup = optax.linear_schedule(config.warmup_learning_rate, config.learning_rate, config.warmup_steps)
+    after = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+    return lambda step: jnp.where(step < config.warmup_steps, warmup(step), after(step))
   boundaries[config.warmup_steps] = config.learning_rate / config.warmup_learning_rate
   return optax.piecewise_constant_schedule(config.warmup_learning_rate, dict(sorted(boundaries.items())))
 

@@ -22,6 +22,7 @@ from nets import cifar_resnet, cpu_conv, preact_resnet
 
 DTYPES = ("float32", "bfloat16", "float16")
 SEED_BATCHING = ("auto", "vmap", "loop")
+WARMUP_SHAPES = ("constant", "linear")
 
 # Fields that must be at least 1, at least 0, and choices: what each may be.
 AT_LEAST_ONE = (
@@ -51,6 +52,7 @@ CHOICES = {
   "parallelism": parallel.MODES,
   "conv_weight_grad": cpu_conv.MODES,
   "seed_batching": SEED_BATCHING,
+  "warmup_shape": WARMUP_SHAPES,
   "wandb.mode": writers.WANDB_MODES,
   "dataset.augmentation": input_pipeline.AUGMENTATIONS,
 }

@@ -27,3 +27,14 @@ def test_the_papers_exact_recipe_is_one_override_away():
   expected = {0: 0.1, 31_999: 0.1, 32_000: 0.01, 48_000: 0.001}
   for step, lr in expected.items():
     assert float(schedule(step)) == pytest.approx(lr), step
+
+
+def test_a_linear_warm_up_rises_from_the_warm_up_rate_to_the_rate_without_a_step():
+  config = parse_flags("--config=configs/resnet56.py", "--config.warmup_shape=linear")
+  schedule = state_lib.learning_rate_schedule(config)
+  expected = {0: 0.01, 200: 0.055, 399: 0.01 + 0.09 * 399 / 400, 400: 0.1, 31_999: 0.1, 32_000: 0.01, 48_000: 0.001}
+  for step, lr in expected.items():
+    assert float(schedule(step)) == pytest.approx(lr), step
+  rates = [float(schedule(step)) for step in range(0, 1_000)]
+  largest_rise = max(b / a for a, b in zip(rates, rates[1:]))
+  assert largest_rise < 1.03  # no step multiplies the rate, unlike the constant warm-up's x10 at 400

@@ -37,6 +37,11 @@ def test_every_config_file_passes():
     ("checkpoint_every_steps", 0, "checkpoint_every_steps = 0: must be at least 1"),
     ("batch_size", 0, "batch_size = 0: must be at least 1"),
     ("parallelism", "pjit", "parallelism = 'pjit': unknown choice; set --config.parallelism to one of"),
+    (
+      "warmup_shape",
+      "cosine",
+      "warmup_shape = 'cosine': unknown choice; set --config.warmup_shape to one of constant, linear",
+    ),
   ],
 )
 def test_a_value_out_of_range_names_the_field_and_the_fix(field, value, message):
