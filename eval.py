@@ -20,7 +20,7 @@ config.log_grad_norms, a figure of each block's gradient norm from input to outp
 from absl import app, flags, logging
 
 from depthlab import checkpoints, cli
-from depthlab.evaluation import evaluate_checkpoint
+from depthlab.evaluation import RunFileError, evaluate_checkpoint
 from depthlab.figures import compare
 from nets import cpu_conv
 
@@ -43,7 +43,7 @@ def main(argv):
   cpu_conv.use_fast_xla_cpu_flags()
   if not FLAGS["verbosity"].present:  # orbax logs each restore at INFO; keep the console to results
     logging.set_verbosity(logging.WARNING)
-  with cli.user_errors_as_messages(also=(FileNotFoundError, checkpoints.CorruptCheckpointError)):
+  with cli.user_errors_as_messages(also=(FileNotFoundError, checkpoints.CorruptCheckpointError, RunFileError)):
     run(argv)
 
 

@@ -1,6 +1,7 @@
 """Evaluates a run's checkpoint: reads the run's config.json (load_run_config), restores the
 checkpoint onto this machine's devices (any number of them) and measures loss and error
-over whole splits (evaluate_checkpoint)."""
+over whole splits (evaluate_checkpoint). It writes nothing but eval_<step>.json: a workdir
+without a checkpoint, or with a damaged config.json, is one message naming the file."""
 
 import json
 import os
@@ -14,13 +15,34 @@ from depthlab.loop import make_evaluator
 from depthlab.state import TrainState
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was trained with, from its config.json (fields it lacks, at any depth: the defaults)."""
+class RunFileError(ValueError):
+  """A run's config.json that does not read back as the JSON object train.py wrote."""
+
+
+def read_config_json(workdir: str) -> dict[str, Any]:
+  """A run's config.json as train.py wrote it (the config's fields and num_params).
+
+  FileNotFoundError if there is none; a RunFileError naming it if it is damaged.
+  """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} the workdir of a run?")
-  with open(path) as f:
-    saved = json.load(f)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    if not isinstance(saved, dict):
+      raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+  except ValueError as e:  # json's errors and UnicodeDecodeError are ValueErrors
+    raise RunFileError(
+      f"{path} is damaged ({e}): put back a good copy of the run's config "
+      "(train.py writes it again when it resumes an unfinished run)."
+    ) from e
+  return saved
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with, from its config.json (fields it lacks, at any depth: the defaults)."""
+  saved = read_config_json(workdir)
   saved.pop("num_params", None)
   return ml_collections.ConfigDict(checkpoints.with_defaults(saved))
 
@@ -30,6 +52,11 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
   """Loss and error of a checkpoint on the test split (and the train split), as a dict."""
   config = load_run_config(workdir)
+  if not checkpoints.has_checkpoints(workdir):  # before orbax, which would create the folder
+    raise FileNotFoundError(
+      f"{workdir} holds no checkpoint (nothing in {os.path.join(workdir, 'checkpoints')}): "
+      "train it first, or give the workdir of a run that has saved one."
+    )
   if data_dir:
     config.dataset.data_dir = data_dir
 
@@ -40,7 +67,9 @@ def evaluate_checkpoint(
     finally:
       ckpts.close()
     if restored is None:
-      raise FileNotFoundError(f"No readable checkpoint in {ckpts.directory}.")
+      raise checkpoints.CorruptCheckpointError(
+        f"No checkpoint in {ckpts.directory} reads back intact (each is reported above); nothing was evaluated."
+      )
     restored_step, state, record = restored
     return state, {**record, "step": restored_step}
 

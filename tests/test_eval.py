@@ -1,14 +1,19 @@
 """eval.py and depthlab/evaluation.py: a checkpoint's test error equals the one its run logged,
-on any number of devices; a damaged or missing checkpoint is reported, not trusted."""
+on any number of devices; a damaged or missing checkpoint is reported, not trusted; a workdir
+without a checkpoint or with a damaged config.json is one line naming it, and left as it was."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import pytest
 
-from depthlab import evaluation, loop
+from configs import default
+from depthlab import checkpoints, cli, evaluation, loop
 from depthlab.writers import read_metrics
 from tests.conftest import requires_devices
+from tests.test_train import REPO
 
 
 @pytest.fixture
@@ -73,3 +78,97 @@ def test_eval_reports_a_corrupt_checkpoint_uses_the_one_before_and_leaves_the_ru
   assert evaluation.evaluate_checkpoint(str(finished_run))["step"] == 2
   assert "Checkpoint of step 4" in capsys.readouterr().err
   assert state_dir.is_dir() and not (finished_run / "unreadable_checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------ eval.py as a user types it
+
+EVAL_ON_MOCK_DATA = """
+import sys
+import tensorflow_datasets as tfds
+from absl import app
+import eval as eval_py
+sys.argv = ["eval.py", *{args!r}]
+with tfds.testing.mock_data(num_examples=256):
+  app.run(eval_py.main)
+"""
+
+
+def eval_py(*args: str, mock_data: bool = False) -> subprocess.CompletedProcess:
+  """`python eval.py <args>` (on TFDS's mock CIFAR-10 with `mock_data`)."""
+  command = ["-c", EVAL_ON_MOCK_DATA.format(args=list(args))] if mock_data else ["eval.py", *args]
+  return subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def contents(folder) -> dict[str, bytes]:
+  """Every file below `folder` and its bytes: what a command must leave as it was."""
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def saved_run(workdir, config_json: bytes):
+  """A workdir with this config.json and a metrics line, as a run leaves them."""
+  workdir.mkdir(parents=True)
+  (workdir / "config.json").write_bytes(config_json)
+  (workdir / "metrics.jsonl").write_text('{"step": 2, "train_error": 0.5}\n')
+  return workdir
+
+
+CONFIG_JSON = json.dumps(default.get_config().to_dict(), indent=2).encode()
+
+
+@pytest.mark.parametrize(
+  "damaged, why",
+  [
+    (CONFIG_JSON[: len(CONFIG_JSON) // 2], r"line \d+ column \d+"),  # cut off mid-file
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xd0", "can't decode byte"),  # not text at all
+    (b"[1, 2]", "a JSON list, not an object"),
+  ],
+  ids=["cut off", "binary", "a list"],
+)
+def test_a_damaged_config_json_is_a_run_file_error_naming_it(tmp_path, damaged, why):
+  saved_run(tmp_path / "run", damaged)
+  with pytest.raises(evaluation.RunFileError, match=rf"{tmp_path / 'run' / 'config.json'} is damaged \(.*{why}"):
+    evaluation.load_run_config(str(tmp_path / "run"))
+
+
+def test_eval_py_of_a_damaged_config_json_is_one_line_naming_it_and_changes_nothing(tmp_path):
+  workdir = saved_run(tmp_path / "run", CONFIG_JSON[:100])
+  before = contents(workdir)
+  result = eval_py(f"--workdir={workdir}")
+  assert result.returncode == cli.EXIT_FAILURE, result.stderr[-2000:]
+  [line] = result.stderr.strip().splitlines()  # one line, no traceback
+  assert line.startswith(f"Error: {workdir / 'config.json'} is damaged (") and line.endswith(
+    "): put back a good copy of the run's config (train.py writes it again when it resumes an unfinished run)."
+  )
+  assert contents(workdir) == before
+
+
+def test_eval_py_of_a_workdir_without_checkpoints_says_so_and_creates_nothing(tmp_path):
+  workdir = saved_run(tmp_path / "run", CONFIG_JSON)
+  before = contents(workdir)
+  result = eval_py(f"--workdir={workdir}")
+  assert result.returncode == cli.EXIT_FAILURE, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [
+    f"Error: {workdir} holds no checkpoint (nothing in {workdir / 'checkpoints'}): train it first, "
+    "or give the workdir of a run that has saved one."
+  ]
+  assert contents(workdir) == before and sorted(p.name for p in workdir.iterdir()) == ["config.json", "metrics.jsonl"]
+
+
+def test_eval_py_names_an_unreadable_checkpoint_in_one_line_and_moves_nothing(finished_run):
+  for step in (4, 2):
+    for path in (finished_run / "checkpoints" / str(step) / "state").rglob("*"):
+      if path.is_file() and path.parent.name == "d":
+        path.write_bytes(b"not a checkpoint")
+  before = contents(finished_run)
+  with pytest.raises(checkpoints.CorruptCheckpointError, match="No checkpoint in .* reads back intact") as newest:
+    evaluation.evaluate_checkpoint(str(finished_run), num_devices=1)
+  with pytest.raises(checkpoints.CorruptCheckpointError) as step_4:
+    evaluation.evaluate_checkpoint(str(finished_run), step=4, num_devices=1)
+  assert "\n" not in str(newest.value) + str(step_4.value)
+
+  result = eval_py(f"--workdir={finished_run}", "--step=4", "--num_devices=1", mock_data=True)
+  assert result.returncode == cli.EXIT_FAILURE, result.stderr[-2000:]
+  # tensorstore's reads still in flight print "Event loop is closed" tracebacks from their
+  # threads, which may interleave with it: the message is looked for, not the line.
+  assert result.stderr.count(f"Error: Checkpoint of step 4 in {finished_run / 'checkpoints'} is unreadable or ") == 1
+  assert contents(finished_run) == before  # nothing set aside, no eval_4.json
