@@ -14,14 +14,16 @@ Comparing (depthlab/figures.py) reads each run's metrics.jsonl and config.json a
 et al. 2015's Fig. 6 (training error dashed, test error solid, one colour per depth, plain
 and residual nets side by side; PNG and PDF), writes a Markdown table in the form of the
 paper's Table 6 (mean ± std where several seeds ran), and, for runs with
-config.log_grad_norms, a figure of each block's gradient norm from input to output.
+config.log_grad_norms, a figure of each block's gradient norm from input to output. A run it
+cannot compare (no test error yet, a missing or damaged config.json or metrics.jsonl) is named
+on stderr with the reason, and left out.
 """
 
 from absl import app, flags, logging
 
 from depthlab import checkpoints, cli
 from depthlab.evaluation import RunFileError, evaluate_checkpoint
-from depthlab.figures import compare
+from depthlab.figures import compare, counted
 from nets import cpu_conv
 
 FLAGS = flags.FLAGS
@@ -54,9 +56,10 @@ def run(argv):
       raise app.UsageError(
         "compare needs run folders or wandb sweep paths, e.g. eval.py compare runs/plain_vs_residual"
       )
-    result = compare(argv[2:], FLAGS.out, FLAGS.step)
+    result = compare(argv[2:], FLAGS.out, FLAGS.step)  # prints each run it skips, and why
     print(result["table"])
-    print(f"{result['runs']} runs compared; wrote " + ", ".join(result["paths"]))
+    skipped = f", {len(result['skipped'])} skipped (listed above)" if result["skipped"] else ""
+    print(f"{counted(result['runs'], 'run')} compared{skipped}; wrote " + ", ".join(result["paths"]))
     return
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")

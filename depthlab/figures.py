@@ -4,11 +4,13 @@ shared y axis, a dotted line where the learning rate changes; PNG and PDF), a Ma
 in the form of Table 6 (mean ± std where several seeds ran, as separate runs or as one run of
 config.num_seeds; their test error's spread is a band in the figure), and, for runs with
 config.log_grad_norms, each block's gradient norm from input to output. `compare` draws and
-writes them all."""
+writes them all, and names each run it leaves out and why (no test error yet, a missing or
+damaged config.json or metrics.jsonl)."""
 
 from collections.abc import Sequence
 import os
 import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -171,12 +173,40 @@ def results_table(runs: Sequence[RunHistory]) -> str:
   return "\n".join(rows)
 
 
+def counted(number: int, noun: str) -> str:
+  """'1 run', '2 runs'."""
+  return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def not_evaluated(run: RunHistory, step: int | None) -> str | None:
+  """Why a run has no test error to compare (up to `step`), or None if it has one."""
+  if any("test_error" in line for line in run.lines):
+    return None
+  if step is not None:
+    return f"no test error logged up to step {step} (--step)."
+  if not run.lines:
+    return "no metrics logged yet."
+  last, every = run.lines[-1]["step"], run.config.eval_every_steps
+  return f"not evaluated yet: no test error logged up to step {last} (it evaluates every {every} steps and at its end)."
+
+
 def compare(sources: Sequence[str], out: str | None = None, step: int | None = None) -> dict[str, Any]:
-  """Draws the runs' curves and writes their table; returns the paths written and the table."""
-  runs = [up_to_step(run, step) for run in load_runs(sources)]
-  runs = [run for run in runs if any("test_error" in line for line in run.lines)]
+  """Draws the runs' curves and writes their table; returns the paths written, the table, the
+  number of runs compared and the runs skipped ('source: why', each also printed on stderr)."""
+  found, skipped = load_runs(sources)
+  runs = []
+  for run in [up_to_step(run, step) for run in found]:
+    why = not_evaluated(run, step)
+    if why:
+      skipped.append(f"{run.source}: {why}")
+    else:
+      runs.append(run)
+  for line in skipped:
+    print(f"Skipped {line}", file=sys.stderr, flush=True)
   if not runs:
-    raise ValueError(f"No run in {list(sources)} has been evaluated yet (no test_error in metrics.jsonl).")
+    raise FileNotFoundError(
+      f"No run to compare in {', '.join(sources)}: each run found was skipped, for the reason listed above."
+    )
   out = out or os.path.join(sources[0] if os.path.isdir(sources[0]) else "runs", "compare")
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   table = results_table(runs)
@@ -186,4 +216,4 @@ def compare(sources: Sequence[str], out: str | None = None, step: int | None = N
   grad_norms = draw_grad_norms(runs)
   if grad_norms is not None:
     paths += save_figure(grad_norms, f"{out}_grad_norms.png")
-  return {"table": table, "paths": paths, "runs": len(runs)}
+  return {"table": table, "paths": paths, "runs": len(runs), "skipped": skipped}

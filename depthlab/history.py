@@ -4,7 +4,6 @@ and their curves."""
 
 from collections.abc import Sequence
 import dataclasses
-import json
 import os
 import re
 from typing import Any
@@ -13,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from depthlab import checkpoints, writers
-from depthlab.evaluation import load_run_config
+from depthlab.evaluation import RunFileError, load_run_config, read_config_json
 from depthlab.naming import net_name
 from depthlab.state import seeds
 
@@ -64,17 +63,28 @@ def split_seeds(run: RunHistory) -> list[RunHistory]:
   return runs
 
 
-def load_local_runs(path: str) -> list[RunHistory]:
-  """Every run in `path`: a workdir, or a folder holding workdirs at any depth."""
-  runs = []
+def load_local_runs(path: str) -> tuple[list[RunHistory], list[str]]:
+  """Every run in `path` (a workdir, or a folder holding workdirs at any depth: each folder with
+  a config.json or a metrics.jsonl), and 'folder: why' for each that cannot be read."""
+  runs, skipped = [], []
   for folder, subfolders, files in os.walk(path):
     subfolders[:] = sorted(d for d in subfolders if d not in ("checkpoints", "wandb", "unreadable_checkpoints"))
-    if "metrics.jsonl" in files and "config.json" in files:
-      config = load_run_config(folder)
-      with open(os.path.join(folder, "config.json")) as f:
-        num_params = json.load(f).get("num_params")
-      runs.append(RunHistory(config, writers.read_metrics(folder), num_params, folder))
-  return runs
+    if "metrics.jsonl" in files or "config.json" in files:
+      try:
+        runs.append(load_local_run(folder))
+      except (FileNotFoundError, RunFileError, writers.MetricsFileError) as e:
+        skipped.append(f"{folder}: {e}")
+  return runs, skipped
+
+
+def load_local_run(workdir: str) -> RunHistory:
+  """The run in `workdir`; FileNotFoundError, RunFileError or MetricsFileError naming the file
+  that is missing or damaged."""
+  config = load_run_config(workdir)
+  if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    raise FileNotFoundError("no metrics.jsonl (nothing logged yet, or it was removed).")
+  num_params = read_config_json(workdir).get("num_params")
+  return RunHistory(config, writers.read_metrics(workdir), num_params, workdir)
 
 
 def load_wandb_sweep(sweep_path: str) -> list[RunHistory]:
@@ -110,20 +120,23 @@ def train_config_of(wandb_config: dict[str, Any]) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(checkpoints.with_defaults(saved))
 
 
-def load_runs(sources: Sequence[str]) -> list[RunHistory]:
-  """The runs under each local path, or of each wandb sweep path (entity/project/sweep_id)."""
-  runs = []
+def load_runs(sources: Sequence[str]) -> tuple[list[RunHistory], list[str]]:
+  """The runs under each local path, or of each wandb sweep path (entity/project/sweep_id),
+  and 'folder: why' for each local run that cannot be read (see load_local_runs)."""
+  runs, skipped = [], []
   for source in sources:
+    found, left_out = [], []
     if os.path.exists(source):
-      found = load_local_runs(source)
+      found, left_out = load_local_runs(source)
     elif re.fullmatch(r"[\w.-]+/[\w.-]+/\w+", source):
       found = load_wandb_sweep(source)
     else:
       raise FileNotFoundError(f"{source} is neither a folder nor a wandb sweep path (entity/project/sweep_id).")
-    if not found:
+    if not found and not left_out:
       raise FileNotFoundError(f"No runs (metrics.jsonl with config.json) in {source}.")
     runs += [one for run in found for one in split_seeds(run)]
-  return runs
+    skipped += left_out
+  return runs, skipped
 
 
 def group_by_net(runs: Sequence[RunHistory]) -> dict[str, list[RunHistory]]:

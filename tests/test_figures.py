@@ -1,8 +1,11 @@
 """depthlab/figures.py and history.py (`python eval.py compare`): the paper's figure and table
-drawn from runs' metrics, read from local runs or a wandb sweep."""
+drawn from runs' metrics, read from local runs or a wandb sweep; each run left out is named
+with the reason."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ import pytest
 from configs import default
 from depthlab import figures, history, naming
 from depthlab.writers import read_metrics
+from tests.test_eval import contents
+from tests.test_train import REPO
 
 
 def write_run(workdir, depth, residual, seed=0, steps=(100, 200, 300), grad_norms=False):
@@ -55,7 +60,7 @@ def test_compare_draws_fig6_as_png_and_pdf_and_writes_table6(sweep_dir, tmp_path
 
 
 def test_figure_has_a_train_and_a_test_line_per_net_in_plain_and_residual_panels(sweep_dir):
-  fig = figures.draw_error_curves(history.load_runs([str(sweep_dir)]))
+  fig = figures.draw_error_curves(history.load_runs([str(sweep_dir)])[0])
   plain, residual = fig.axes
   assert (plain.get_title(), residual.get_title()) == ("plain nets", "ResNets")
   assert len(plain.lines) == 4 and len(residual.lines) == 4  # 2 depths x (train dashed + test solid)
@@ -77,7 +82,7 @@ def test_the_learning_rates_changes_are_those_of_the_runs_schedule():
 def test_figure_marks_where_the_learning_rate_changes_within_the_steps_drawn(tmp_path):
   for name, residual in (("plain20", False), ("resnet20", True)):
     write_run(tmp_path / name, 20, residual, steps=tuple(range(250, 2001, 250)))
-  fig = figures.draw_error_curves(history.load_runs([str(tmp_path)]))
+  fig = figures.draw_error_curves(history.load_runs([str(tmp_path)])[0])
   for ax in fig.axes:  # the default schedule: 0.1 after the warm-up's 400 steps; its drops come after 2,000
     marks = [line for line in ax.lines if line.get_linestyle() == ":"]
     assert [line.get_xdata()[0] for line in marks] == [400]
@@ -86,7 +91,7 @@ def test_figure_marks_where_the_learning_rate_changes_within_the_steps_drawn(tmp
 
 
 def test_table_numbers_are_those_of_metrics_jsonl(sweep_dir):
-  rows = table_rows(figures.results_table(history.load_runs([str(sweep_dir)])))
+  rows = table_rows(figures.results_table(history.load_runs([str(sweep_dir)])[0]))
   lines = read_metrics(sweep_dir / "plain56")
   tests = [line["test_error"] for line in lines if "test_error" in line]
   assert rows["plain56"][1:9] == [
@@ -111,7 +116,7 @@ def test_compare_at_equal_steps_cuts_longer_runs(sweep_dir):
 
 
 def test_grad_norm_figure_runs_from_the_first_block_to_the_last(sweep_dir):
-  fig = figures.draw_grad_norms(history.load_runs([str(sweep_dir)]))
+  fig = figures.draw_grad_norms(history.load_runs([str(sweep_dir)])[0])
   assert [list(line.get_xdata()) for line in fig.axes[0].lines] == [[1, 2, 3], [1, 2, 3]]
 
 
@@ -135,7 +140,7 @@ def test_a_several_seed_run_compares_as_its_seeds(sweep_dir):
     for step in (200, 300)
   ]
   (workdir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-  runs = history.load_runs([str(sweep_dir)])
+  runs = history.load_runs([str(sweep_dir)])[0]
   seeds = [run for run in runs if run.net == "resnet44"]
   assert [run.config.seed for run in seeds] == [5, 6] and [run.config.num_seeds for run in seeds] == [1, 1]
   assert seeds[1].curve("train_error")[1].tolist() == [0.6, 0.6]
@@ -167,8 +172,8 @@ def test_compare_reads_a_wandb_sweep_through_the_public_api(monkeypatch, tmp_pat
       return type("Sweep", (), {"runs": [FakeRun(20, True), FakeRun(20, False)]})()
 
   monkeypatch.setattr(wandb, "Api", FakeApi)
-  runs = history.load_runs(["me/depthlab/abc123"])
-  assert [run.net for run in runs] == ["resnet20", "plain20"]
+  runs, skipped = history.load_runs(["me/depthlab/abc123"])
+  assert [run.net for run in runs] == ["resnet20", "plain20"] and skipped == []
   assert [line["step"] for line in runs[0].lines] == [100, 200] and "_runtime" not in runs[0].lines[1]
   rows = table_rows(figures.results_table(runs))
   assert rows["resnet20"][2] == "0.27M" and rows["resnet20"][5] == "50.00" and rows["plain20"][6] == "60.00"
@@ -194,3 +199,61 @@ def test_compare_forgives_a_torn_last_metrics_line(sweep_dir, tmp_path, capsys):
     f.write('{"step": 400, "train_er')
   assert figures.compare([str(sweep_dir)], str(tmp_path / "fig"))["runs"] == 5
   assert "plain20/metrics.jsonl: line 4 is incomplete" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ runs compare leaves out
+
+
+def eval_py_compare(*args: str) -> subprocess.CompletedProcess:
+  """`python eval.py compare <args>`, as a user types it."""
+  return subprocess.run(
+    [sys.executable, "eval.py", "compare", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+
+
+def test_compare_names_each_run_it_leaves_out_and_why_and_counts_only_those_it_compares(tmp_path):
+  root = tmp_path / "runs"
+  write_run(root / "resnet20", 20, True)
+  write_run(root / "half", 56, True)
+  (root / "half" / "metrics.jsonl").write_text('{"step": 100, "train_error": 0.8}\n')  # stopped before its first test
+  write_run(root / "no_metrics", 32, True)
+  (root / "no_metrics" / "metrics.jsonl").unlink()
+  write_run(root / "no_config", 44, True)
+  (root / "no_config" / "config.json").unlink()
+  write_run(root / "cut_config", 110, True)
+  config = root / "cut_config" / "config.json"
+  config.write_text(config.read_text()[:200])
+  write_run(root / "bad_metrics", 20, False)
+  metrics = root / "bad_metrics" / "metrics.jsonl"
+  metrics.write_text("not json\n" + metrics.read_text())
+  before = contents(root)
+
+  result = eval_py_compare(str(root), f"--out={tmp_path / 'fig'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "1 run compared, 5 skipped (listed above); wrote " in result.stdout
+  skipped = sorted(line for line in result.stderr.splitlines() if line.startswith("Skipped "))
+  assert len(skipped) == 5 and "Traceback" not in result.stderr
+  assert skipped[0].startswith(f"Skipped {root / 'bad_metrics'}: {metrics}: line 1 is not a metrics line")
+  assert skipped[1].startswith(f"Skipped {root / 'cut_config'}: {config} is damaged (")
+  assert skipped[2] == (
+    f"Skipped {root / 'half'}: not evaluated yet: no test error logged up to step 100 "
+    "(it evaluates every 1000 steps and at its end)."
+  )
+  assert skipped[3] == f"Skipped {root / 'no_config'}: {root / 'no_config' / 'config.json'} not found: is " + (
+    f"{root / 'no_config'} the workdir of a run?"
+  )
+  assert skipped[4] == f"Skipped {root / 'no_metrics'}: no metrics.jsonl (nothing logged yet, or it was removed)."
+  assert table_rows(open(tmp_path / "fig.md").read()).keys() == {"resnet20"}
+  assert contents(root) == before
+
+
+def test_compare_with_every_run_left_out_says_so_in_one_line_and_exits_1(tmp_path):
+  write_run(tmp_path / "runs" / "half", 56, True)
+  before = contents(tmp_path)
+  result = eval_py_compare(str(tmp_path / "runs"), "--step=50")
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines() == [
+    f"Skipped {tmp_path / 'runs' / 'half'}: no test error logged up to step 50 (--step).",
+    f"Error: No run to compare in {tmp_path / 'runs'}: each run found was skipped, for the reason listed above.",
+  ]
+  assert contents(tmp_path) == before  # no figure, no table
