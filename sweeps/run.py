@@ -15,9 +15,14 @@ their checkpoints. Each run's output goes to <workdir>/train.log. Runs are sprea
 GPUs (CUDA_VISIBLE_DEVICES, one or more runs per GPU); on a CPU-only machine parallel runs
 split the cores between them. wandb writes offline files (sync them later with
 `wandb sync <workdir>/wandb/offline-run-*`) unless WANDB_MODE says otherwise.
+
+SIGTERM and SIGINT (Ctrl-C) are passed on to the runs, which save a checkpoint and exit; no
+new run starts. A run stopped so is "stopped by signal N (resumable)", not failed, and the
+runner then exits as train.py does, with 128 + N (with 1 if a run failed).
 """
 
 import argparse
+import collections
 import itertools
 import json
 import math
@@ -344,8 +349,49 @@ def summary_table(runs: list[Run]) -> str:
   return "\n".join(rows)
 
 
-def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None) -> list[Run]:
-  """Runs what is not finished, `parallel` at a time; returns the runs with their status."""
+def stop_signal(returncode: int) -> int:
+  """The signal that stopped a run which resumes as it stands, else 0: train.py exits with
+  128 + the number of SIGTERM or SIGINT once its checkpoint is saved (or dies of the signal,
+  -number, if it comes before train.py handles it: it then resumes from its last checkpoint)."""
+  signum = returncode - 128 if returncode > 128 else -returncode
+  return signum if signum in checkpoints.PreemptionSignal.SIGNALS else 0
+
+
+def outcome(returncode: int) -> str:
+  """A run's status from its exit code: done, stopped by a signal (resumable), or failed."""
+  signum = stop_signal(returncode)
+  if returncode == 0:
+    return "done"
+  if signum:
+    return f"stopped by signal {signum} (resumable: run the same command again)"
+  return f"failed (exit {returncode})"
+
+
+OUTCOMES = ("done", "finished before", "stopped", "failed", "not started")
+
+
+def outcome_counts(runs: list[Run]) -> str:
+  """One line: how many runs ended each way, and what to do if some are left."""
+  kinds = collections.Counter(next((o for o in OUTCOMES if run.status.startswith(o)), run.status) for run in runs)
+  line = "Runs: " + ", ".join(f"{count} {kind}" for kind, count in kinds.items()) + "."
+  if kinds["stopped"] or kinds["not started"]:
+    line += " Run the same command again to carry on (finished runs are skipped)."
+  return line
+
+
+def exit_status(runs: list[Run], signum: int) -> int:
+  """1 if a run failed; else, if the sweep or one of its runs was stopped by a signal, 128 +
+  its number, as train.py exits (a scheduler sees a preempted job); else 0."""
+  if any(run.status.startswith("failed") for run in runs):
+    return cli.EXIT_FAILURE
+  stopped = [stop_signal(run.process.returncode) for run in runs if run.status.startswith("stopped")]
+  signum = signum or (stopped[0] if stopped else 0)
+  return 128 + signum if signum else 0
+
+
+def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None) -> int:
+  """Runs what is not finished, `parallel` at a time, and sets each run's status; returns the
+  signal that stopped the sweep (SIGTERM or SIGINT, passed on to its runs), or 0."""
   gpus = accelerators() if gpus is None else gpus
   todo = []
   for run in runs:
@@ -390,7 +436,7 @@ def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None)
           continue
         pump.join()
         run.seconds = time.perf_counter() - run.started
-        run.status = "done" if run.process.returncode == 0 else f"failed (exit {run.process.returncode})"
+        run.status = outcome(run.process.returncode)
         line = final_line(run.workdir)
         result = f", test error {100 * line['test_error']:.2f}%" if "test_error" in line else ""
         print(
@@ -405,7 +451,7 @@ def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None)
       signal.signal(s, handler)
   for run in queue if stop["signum"] else []:
     run.status = "not started"
-  return runs
+  return stop["signum"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -439,10 +485,10 @@ def run_sweep_file(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
   os.environ.setdefault("WANDB_MODE", "offline")  # no server: write files to sync later
   gpus = None if args.gpus is None else [g for g in args.gpus.split(",") if g.strip()]
   print(f"Sweep {sweep['name']}: {len(runs)} runs, up to {args.parallel} at a time.", flush=True)
-  run_sweep(runs, args.parallel, gpus)
+  signum = run_sweep(runs, args.parallel, gpus)
   print("\n" + summary_table(runs), flush=True)
-  failed = [r for r in runs if r.status not in ("done", "finished before")]
-  return 1 if failed else 0
+  print(outcome_counts(runs), flush=True)
+  return exit_status(runs, signum)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """sweeps/: every run of a sweep file is a command train.py accepts, built as `wandb agent`
-builds it; the local runner runs a sweep, skips finished runs and resumes interrupted ones."""
+builds it; the local runner runs a sweep, skips finished runs and resumes interrupted ones,
+and tells a run stopped by a signal (resumable) from a failed one."""
 
 import glob
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import pytest
@@ -278,3 +282,76 @@ def test_a_missing_sweep_file_is_one_line_naming_it(tmp_path, capsys):
 def test_sweep_table_forgives_a_torn_last_metrics_line(tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"step": 4, "test_error": 0.5}\n{"step": 6, "test_')
   assert runner.final_line(str(tmp_path)) == {"step": 4, "test_error": 0.5}
+
+
+# ------------------------------------------------------------------------------ how runs end
+
+FAKE_TRAIN = """
+import os, signal, sys, time
+seed = int(next(a.split("=")[1] for a in sys.argv if a.startswith("--config.seed=")))
+
+def save_and_exit(signum, frame):  # as train.py does: a checkpoint, then 128 + the signal's number
+  open(f"saved-seed{seed}", "w").close()
+  sys.exit(128 + signum)
+
+signal.signal(signal.SIGTERM, save_and_exit)
+signal.signal(signal.SIGINT, save_and_exit)
+open(f"ready-seed{seed}", "w").close()
+if seed == 1:
+  os.kill(os.getpid(), signal.SIGTERM)  # preempted
+if seed == 2:
+  sys.exit(3)  # a crash
+if seed == 3:
+  time.sleep(120)  # until the runner passes on its signal
+"""
+
+
+def write_fake_sweep(tmp_path, seeds):
+  """A sweep of a program that train.py's parser accepts and that ends as config.seed says:
+  0 done, 1 stopped by SIGTERM, 2 failed, 3 running until signalled."""
+  (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+  sweep = {
+    "program": str(tmp_path / "fake_train.py"),
+    "method": "grid",
+    "command": ["${env}", "${interpreter}", "${program}", f"--config={REPO}/configs/default.py", "${args}"],
+    "parameters": {"config.experiment": {"value": "fake"}, "config.seed": {"values": list(seeds)}},
+  }
+  path = tmp_path / "fake.yaml"
+  path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+  return str(path)
+
+
+def test_a_run_stopped_by_a_signal_is_resumable_not_failed(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  sweep = write_fake_sweep(tmp_path, [0, 1, 2])
+  assert runner.main([sweep, "--gpus", ""]) == cli.EXIT_FAILURE  # seed 2 failed
+  out = capsys.readouterr().out
+  assert "resnet56-seed1: stopped by signal 15 (resumable: run the same command again) after " in out
+  assert "| resnet56-seed1 | stopped by signal 15 (resumable: run the same command again) |" in out
+  assert "resnet56-seed2: failed (exit 3) after " in out
+  assert "Runs: 1 done, 1 stopped, 1 failed. Run the same command again to carry on" in out
+  assert (tmp_path / "saved-seed1").exists() and os.path.exists("runs/fake/resnet56-seed1/train.log")
+
+  sweep = write_fake_sweep(tmp_path, [0, 1])
+  assert runner.main([sweep, "--gpus", ""]) == 128 + signal.SIGTERM  # stopped, as train.py exits
+  assert "Runs: 1 done, 1 stopped." in capsys.readouterr().out
+
+
+def test_a_sweep_stopped_by_sigterm_passes_it_on_and_exits_as_train_py_does(tmp_path):
+  sweep = write_fake_sweep(tmp_path, [3, 0])
+  process = subprocess.Popen(
+    [sys.executable, os.path.join(REPO, "sweeps", "run.py"), sweep, "--gpus", ""],
+    cwd=tmp_path,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  deadline = time.time() + 120
+  while not (tmp_path / "ready-seed3").exists() and time.time() < deadline:
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  out, _ = process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGTERM, out[-3000:]
+  assert "| resnet56-seed3 | stopped by signal 15 (resumable: run the same command again) |" in out
+  assert "| resnet56 | not started |" in out and "Runs: 1 stopped, 1 not started." in out
+  assert (tmp_path / "saved-seed3").exists() and not (tmp_path / "ready-seed0").exists()
