@@ -76,10 +76,14 @@ def load_sweep(path: str) -> dict[str, Any]:
   """A sweep file's contents, checked for what this runner needs: a ConfigError lists every
   problem of its layout (the runs' configs are checked by `plan`)."""
   try:
-    with open(path) as f:
+    with open(path, "rb") as f:  # as bytes: yaml decodes them, with a ReaderError if they are not text
       sweep = yaml.safe_load(f)
   except OSError as e:
     raise validation.ConfigError([f"{path}: cannot read it ({e.strerror})."], "The sweep") from e
+  except yaml.reader.ReaderError as e:
+    raise validation.ConfigError(
+      [f"{path}: not a text file; give a sweep YAML such as sweeps/fig6_reduced.yaml."], "The sweep"
+    ) from e
   except yaml.YAMLError as e:
     raise validation.ConfigError(
       [f"{path}: not valid YAML ({str(e).splitlines()[0]} {getattr(e, 'problem_mark', '') or ''})".strip()], "The sweep"
@@ -94,7 +98,11 @@ def load_sweep(path: str) -> dict[str, Any]:
 def sweep_problems(sweep: Any) -> list[str]:
   """What is wrong with a sweep file's layout, each with its fix."""
   if not isinstance(sweep, dict):
-    return ["it must be a mapping with program, method and parameters (see sweeps/plain_vs_residual.yaml)."]
+    found = "nothing" if sweep is None else "a list" if isinstance(sweep, list) else f"just {str(sweep)[:40]!r}"
+    return [
+      f"it holds {found}, not a mapping of program, method and parameters; give a sweep YAML such as "
+      "sweeps/fig6_reduced.yaml."
+    ]
   problems = [
     f"'{key}' is missing; a sweep file needs it." for key in ("program", "method", "parameters") if key not in sweep
   ]

@@ -1,6 +1,7 @@
 """sweeps/: every run of a sweep file is a command train.py accepts, built as `wandb agent`
 builds it; the local runner runs a sweep, skips finished runs and resumes interrupted ones,
-and tells a run stopped by a signal (resumable) from a failed one."""
+tells a run stopped by a signal (resumable) from a failed one, and names a sweep file it
+cannot read."""
 
 import glob
 import os
@@ -355,3 +356,34 @@ def test_a_sweep_stopped_by_sigterm_passes_it_on_and_exits_as_train_py_does(tmp_
   assert "| resnet56-seed3 | stopped by signal 15 (resumable: run the same command again) |" in out
   assert "| resnet56 | not started |" in out and "Runs: 1 stopped, 1 not started." in out
   assert (tmp_path / "saved-seed3").exists() and not (tmp_path / "ready-seed0").exists()
+
+
+# ------------------------------------------------------------------------------ sweep files that are not
+
+
+@pytest.mark.parametrize(
+  "content",
+  [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"program: tr\xd0ain.py\n", b"program: train.py\x00\n"],
+  ids=["binary", "not UTF-8", "a NUL byte"],
+)
+def test_a_sweep_file_that_is_not_text_is_one_line_naming_it(tmp_path, monkeypatch, capsys, content):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "sweep.yaml").write_bytes(content)
+  with pytest.raises(SystemExit) as exit_info:
+    runner.main(["sweep.yaml"])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == cli.EXIT_CONFIG and "Traceback" not in err
+  assert "  - sweep.yaml: not a text file; give a sweep YAML such as sweeps/fig6_reduced.yaml.\n" in err
+  assert os.listdir(tmp_path) == ["sweep.yaml"]  # nothing started
+
+
+@pytest.mark.parametrize(
+  "content, holds", [("- a\n- b\n", "a list"), ("hello\n", "just 'hello'"), ("", "nothing")], ids=str
+)
+def test_a_sweep_file_that_is_not_a_mapping_says_what_it_holds(tmp_path, capsys, content, holds):
+  (tmp_path / "sweep.yaml").write_text(content)
+  with pytest.raises(SystemExit) as exit_info:
+    runner.main([str(tmp_path / "sweep.yaml")])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == cli.EXIT_CONFIG and f"The sweep file {tmp_path / 'sweep.yaml'} has 1 problem" in err
+  assert f"  - it holds {holds}, not a mapping of program, method and parameters; give a sweep YAML such as " in err
