@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import default
-from depthlab import parallel, writers
+from depthlab import parallel, validation, writers
 
 # The fields a run cannot change when it resumes: they change the model or the data.
 MUST_MATCH = (
@@ -38,7 +38,7 @@ MUST_MATCH = (
 )
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(validation.ConfigError):
   """A workdir's checkpoints were trained with another model or data."""
 
 
@@ -109,10 +109,51 @@ def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict)
   return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in fields if before.get(k) != now.get(k)]
 
 
+def check_same_model_and_data(record: dict[str, Any], config: ml_collections.ConfigDict, directory: str) -> None:
+  """Raises ConfigMismatchError if the checkpoint saved with `record` (in `directory`) was
+  trained with another model or data than `config` (a MUST_MATCH field differs)."""
+  differences = config_differences(record["config"], config)
+  if differences:
+    raise ConfigMismatchError(
+      [
+        f"{directory} holds a run with another model or data; differing fields:\n      "
+        + "\n      ".join(differences)
+        + "\n    Use another --workdir, or --config.restart=True to start over there."
+      ]
+    )
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Before the data loads: the newest readable checkpoint record of `workdir`, if any, against
+  `config` (check_same_model_and_data). Reads records only; the restore checks again the
+  checkpoint it takes."""
+  if config.restart or not has_checkpoints(workdir):
+    return
+  ckpts = Checkpoints(workdir)
+  try:
+    for step in ckpts.steps()[::-1]:
+      try:
+        record = ckpts.record(step)
+      except Exception:  # pylint: disable=broad-except
+        continue  # an unreadable record: the restore reports it and tries the one before
+      check_same_model_and_data(record, config, ckpts.directory)
+      return
+  finally:
+    ckpts.close()
+
+
+def steps_on_disk(workdir: str) -> list[int]:
+  """The steps whose checkpoints `workdir` holds whole (from the folders' names: cheap, no orbax;
+  orbax names a checkpoint's folder by its step once it is complete)."""
+  try:
+    return sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
+  except OSError:
+    return []
+
+
 def has_checkpoints(workdir: str) -> bool:
-  """Whether `workdir` holds saved steps (from the folder's names: cheap, no orbax)."""
-  folder = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+  """Whether `workdir` holds saved steps."""
+  return bool(steps_on_disk(workdir))
 
 
 class Checkpoints:
@@ -243,7 +284,9 @@ class Checkpoints:
       cause = cause.__cause__ or cause.__context__
     # A background save's failure surfaces at the next save or wait: the step is when it was noticed.
     what = f"checkpoints (noticed saving step {step})" if step is not None else "checkpoints"
-    return writers.storage_error(what, self.directory, cause or error)
+    saved = steps_on_disk(os.path.dirname(self.directory))
+    last = f"The newest checkpoint on disk is step {saved[-1]}" if saved else "No checkpoint is on disk yet"
+    return writers.storage_error(what, self.directory, cause or error, saved=f"{last}. ")
 
   def close(self) -> None:
     self._manager.close()

@@ -11,7 +11,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from depthlab import checkpoints, validation, writers
+from depthlab import checkpoints, parallel, validation, workdir_lock, writers
 from depthlab.collapse import TrainingCollapsed
 from depthlab.naming import default_workdir
 
@@ -101,7 +101,7 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
 
 
 # Errors whose message tells the user what to do: no traceback needed.
-USER_ERRORS = (validation.ConfigError, writers.StorageError, writers.MetricsFileError)
+USER_ERRORS = (validation.ConfigError, writers.StorageError, writers.MetricsFileError, workdir_lock.WorkdirInUseError)
 
 
 @contextlib.contextmanager
@@ -125,6 +125,7 @@ def user_errors_as_messages(debug: bool = False, also: tuple[type[BaseException]
 RUN_ERRORS = (
   checkpoints.ConfigMismatchError,
   checkpoints.CorruptCheckpointError,
+  parallel.CoordinatorUnreachableError,
   FloatingPointError,
   TrainingCollapsed,
 )

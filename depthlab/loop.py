@@ -100,17 +100,9 @@ def restore_or_start(
   config: ml_collections.ConfigDict, ckpts: checkpoints.Checkpoints, state: TrainState
 ) -> tuple[TrainState, dict[str, Any]]:
   """The newest readable checkpoint of the workdir if there is one (same model and data only)."""
-
-  def same_model_and_data(record):
-    differences = checkpoints.config_differences(record["config"], config)
-    if differences:
-      raise checkpoints.ConfigMismatchError(
-        f"{ckpts.directory} holds a run with another model or data; differing fields:\n  "
-        + "\n  ".join(differences)
-        + "\nUse another --workdir, or --config.restart=True to start over there."
-      )
-
-  restored = ckpts.restore(jax.device_get(state), check=same_model_and_data)
+  restored = ckpts.restore(
+    jax.device_get(state), check=lambda record: checkpoints.check_same_model_and_data(record, config, ckpts.directory)
+  )
   if restored is None:
     return state, {}
   _, state, record = restored
@@ -129,13 +121,17 @@ def agreed_stop_signal(preemption: checkpoints.PreemptionSignal, at_boundary: bo
   return parallel.max_over_processes(preemption.signum) if at_boundary else 0
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains until config.total_steps, resuming from the workdir's checkpoints; returns the final metrics."""
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, data_parallel: parallel.DataParallel | None = None
+) -> dict[str, float]:
+  """Trains until config.total_steps, resuming from the workdir's checkpoints; returns the final metrics.
+
+  `data_parallel`: the devices, as run_setup.training_devices chose them (by default, here).
+  A multi-process run must have started JAX's runtime first (train.py does:
+  parallel.maybe_initialize_distributed).
+  """
   run_start = time.perf_counter()
-  parallel.maybe_initialize_distributed(config.distributed)
-  data_parallel = run_setup.training_devices(
-    config, resuming=not config.restart and checkpoints.has_checkpoints(workdir)
-  )
+  data_parallel = data_parallel or run_setup.training_devices(config, workdir)
   is_main = jax.process_index() == 0
   if is_main:
     writers.check_writable(workdir)  # fail now, not after loading the data and compiling
@@ -151,33 +147,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with checkpoints.PreemptionSignal() as preemption:
     ckpts = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
     try:
-      run = run_setup.set_up(
-        config, data_parallel, restore=functools.partial(restore_or_start, config, ckpts), for_training=False
-      )
-      first_step, record = run.first_step, run.record
-      if first_step >= config.total_steps and "final" in record:
-        if is_main:
-          print(
-            f"{workdir} holds a finished run ({first_step} steps, test error "
-            f"{100 * record['final'].get('test_error', float('nan')):.2f}%); nothing to do. "
-            f"--config.restart=True trains it again.",
-            flush=True,
-          )
-        return record["final"]
-      if first_step > config.total_steps:
-        raise validation.ConfigError(
-          [
-            f"total_steps {config.total_steps}: {workdir} has a checkpoint at step {first_step}, beyond it; "
-            "raise --config.total_steps or use another --workdir."
-          ]
-        )
-      run_setup.put_training_data(run)  # only now: a finished run needs none
-      return train_loop(
-        config, workdir, run, ckpts, run_start, preemption, seconds_before=record.get("wall_time_sec", 0.0)
-      )
+      return resume_and_train(config, workdir, data_parallel, ckpts, run_start, preemption)
     finally:
       ckpts.wait()
       ckpts.close()
+
+
+def resume_and_train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  data_parallel: parallel.DataParallel,
+  ckpts: checkpoints.Checkpoints,
+  run_start: float,
+  preemption: checkpoints.PreemptionSignal,
+) -> dict[str, float]:
+  """Restores the newest checkpoint (or starts afresh) and trains to the end; a finished run
+  is reported, not trained again."""
+  run = run_setup.set_up(
+    config, data_parallel, restore=functools.partial(restore_or_start, config, ckpts), for_training=False
+  )
+  first_step, record = run.first_step, run.record
+  if first_step >= config.total_steps and "final" in record:
+    if jax.process_index() == 0:
+      print(
+        f"{workdir} holds a finished run ({first_step} steps, test error "
+        f"{100 * record['final'].get('test_error', float('nan')):.2f}%); nothing to do. "
+        f"--config.restart=True trains it again.",
+        flush=True,
+      )
+    return record["final"]
+  if first_step > config.total_steps:
+    raise validation.ConfigError(
+      [
+        f"total_steps {config.total_steps}: {workdir} has a checkpoint at step {first_step}, beyond it; "
+        "raise --config.total_steps or use another --workdir."
+      ]
+    )
+  run_setup.put_training_data(run)  # only now: a finished run needs none
+  return train_loop(config, workdir, run, ckpts, run_start, preemption, seconds_before=record.get("wall_time_sec", 0.0))
 
 
 def train_loop(

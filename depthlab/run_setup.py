@@ -10,27 +10,21 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from depthlab import input_pipeline, parallel, validation
+from depthlab import checkpoints, input_pipeline, parallel, validation
 from depthlab.state import TrainState, create_model, create_train_state, run_keys, step_count
 from depthlab.steps import EpochOrders, steps_on_device
 import nets
 
 
-def check_batch_size(
-  config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1, resuming: bool = False
-) -> None:
-  """The global batch must split evenly over the devices of all processes."""
-  problems = validation.batch_problems(config, num_devices, num_processes, resuming)
+def training_devices(config: ml_collections.ConfigDict, workdir: str | None = None) -> parallel.DataParallel:
+  """The devices a run trains on (config.parallelism, config.num_devices), checked against the
+  devices there are and the batch (a ConfigError), before anything is loaded or written. A run
+  that resumes in `workdir` keeps its batch size, which the message says."""
+  resuming = bool(workdir) and not config.restart and checkpoints.has_checkpoints(workdir)
+  problems = validation.device_problems(config, jax.device_count(), jax.process_count(), resuming)
   if problems:
     raise validation.ConfigError(problems)
-
-
-def training_devices(config: ml_collections.ConfigDict, resuming: bool = False) -> parallel.DataParallel:
-  """The devices a run trains on (config.parallelism, config.num_devices), the batch checked
-  against them (`resuming`: a run that resumes keeps its batch size)."""
-  data_parallel = parallel.DataParallel(config.parallelism, config.num_devices)
-  check_batch_size(config, data_parallel.count, jax.process_count(), resuming=resuming)
-  return data_parallel
+  return parallel.DataParallel(config.parallelism, config.num_devices)
 
 
 @dataclasses.dataclass

@@ -204,11 +204,23 @@ def model_problems(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def batch_problems(
-  config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1, resuming: bool = False
+def device_problems(
+  config: ml_collections.ConfigDict, available: int, num_processes: int = 1, resuming: bool = False
 ) -> list[str]:
-  """The global batch must split evenly over the devices of all processes. A resumed run
-  must keep its batch_size (see checkpoints.MUST_MATCH): only the devices can change."""
+  """config.num_devices against the `available` devices (of all processes), and the global
+  batch, which must split evenly over the devices the run uses. A resumed run must keep its
+  batch_size (see checkpoints.MUST_MATCH): only the devices can change."""
+  if config.num_devices and num_processes > 1:
+    return [
+      f"num_devices = {config.num_devices}: only a single-process run can leave devices out; "
+      f"set --config.num_devices=0 to train on all {available} devices of the {num_processes} processes."
+    ]
+  if config.num_devices > available:
+    return [
+      f"num_devices = {config.num_devices}: only {available} devices here; "
+      "set --config.num_devices to at most that (0: all)."
+    ]
+  num_devices = config.num_devices or available
   if config.batch_size < 1 or config.batch_size % num_devices == 0:
     return []
   devices = (
@@ -236,13 +248,8 @@ def validate_config(
   problems = unknown_field_problems(config) + missing_field_problems(config) + type_problems(config)
   if not problems:  # ranges of values of the wrong type would only repeat the type problem
     problems += range_problems(config)
-    if num_devices and config.num_devices > num_devices:
-      problems.append(
-        f"num_devices = {config.num_devices}: only {num_devices} devices here; "
-        "set --config.num_devices to at most that (0: all)."
-      )
-    elif num_devices:
-      problems += batch_problems(config, config.num_devices or num_devices)
+    if num_devices:
+      problems += device_problems(config, num_devices)
   if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
     problems.append(f"--workdir={workdir}: is a file; give a folder (it is created if missing).")
   if problems:

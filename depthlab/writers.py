@@ -24,11 +24,12 @@ class StorageError(OSError):
   message that names the path and the cause, for the user rather than a traceback."""
 
 
-def storage_error(what: str, path: str, error: BaseException) -> StorageError:
-  """A StorageError saying that `what` could not be written to `path`, and why."""
+def storage_error(what: str, path: str, error: BaseException, saved: str = "") -> StorageError:
+  """A StorageError saying that `what` could not be written to `path`, and why; `saved`: what
+  is safe on disk, as a sentence."""
   cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
   return StorageError(
-    f"Cannot write {what} to {path}: {cause}. Free space there, make it writable, "
+    f"Cannot write {what} to {path}: {cause}. {saved}Free space there, make it writable, "
     "or use another --workdir; then run the same command again to resume."
   )
 
@@ -137,6 +138,13 @@ def keep_lines_up_to(path: str, step: int) -> None:
   """Drops the lines of a metrics.jsonl after `step` (a resumed run writes them again) and an
   incomplete last line (so that the next append starts a line of its own)."""
   if not os.path.exists(path):
+    if step:
+      print(
+        f"Warning: {path} is missing: the metrics of steps 1-{step} are lost (the checkpoint of step {step} "
+        f"holds the model, not its history). The run goes on and logs from step {step + 1}.",
+        file=sys.stderr,
+        flush=True,
+      )
     return
   write_json_lines(path, [line for line in read_metrics_file(path) if line["step"] <= step])
 

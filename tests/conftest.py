@@ -7,6 +7,7 @@ and matmuls at ACCELERATOR_PRECISION instead of TF32 or bfloat16 passes.
 """
 
 import os
+import sys
 
 os.environ["XLA_FLAGS"] = " ".join(
   [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
@@ -20,7 +21,7 @@ import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from configs import default  # pylint: disable=g-import-not-at-top
-from depthlab import cli  # pylint: disable=g-import-not-at-top
+from depthlab import cli, writers  # pylint: disable=g-import-not-at-top
 
 # Many tests compile the same tiny train step; compile it once per machine.
 jax.config.update(
@@ -99,3 +100,43 @@ def make_tiny_config():
   config.dataset.cache_dir = ""  # never cache mock data where a real run would find it
   config.dataset.download = False
   return config
+
+
+# ------------------------------------------------------- train.py as a user types it, on mock data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MOCK_DATA_RUN = os.path.join(REPO, "tests", "mock_data_run.py")
+
+
+def config_flags(config) -> list[str]:
+  """The --config.<field>=<value> flags that make configs/default.py into `config`."""
+  defaults, wanted = writers.flatten_config(default.get_config()), writers.flatten_config(config)
+  return [f"--{k}={v}" for k, v in wanted.items() if v != defaults.get(k)]
+
+
+def train_py(config, workdir, *flags: str, sigterm_at_step: int = 0) -> list[str]:
+  """The command line of `python train.py` for `config` (on mock data)."""
+  signal_flag = [f"--sigterm_at_step={sigterm_at_step}"] if sigterm_at_step else []
+  return [
+    sys.executable,
+    MOCK_DATA_RUN,
+    *signal_flag,
+    "train.py",
+    "--config=configs/default.py",
+    *config_flags(config),
+    *flags,
+    f"--workdir={workdir}",
+  ]
+
+
+def process_env(devices: int, **variables: str) -> dict[str, str]:
+  """A process's environment: `devices` fake CPU devices, the test session's compilation cache
+  (tests/conftest.py) and `variables` (e.g. JAX_PROCESS_ID)."""
+  return {
+    **os.environ,
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    "JAX_PLATFORMS": "cpu",
+    "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(jax.config.jax_persistent_cache_min_compile_time_secs),
+    **variables,
+  }

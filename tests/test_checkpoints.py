@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from depthlab import checkpoints, loop
+from depthlab import checkpoints, cli, loop
 from depthlab import state as state_lib
 from depthlab.writers import read_metrics
-from tests.conftest import requires_cpu
+from tests.conftest import process_env, requires_cpu, train_py
 from tests.test_train import REPO
 
 
@@ -84,6 +84,12 @@ def test_resuming_with_another_model_is_refused_naming_the_fields(mock_cifar10, 
   tiny_config.model.depth, tiny_config.total_steps = 14, 6
   with pytest.raises(checkpoints.ConfigMismatchError, match=r"model\.depth: 8 -> 14"):
     loop.train_and_evaluate(tiny_config, str(tmp_path))
+  result = subprocess.run(
+    train_py(tiny_config, tmp_path), cwd=REPO, env=process_env(1), capture_output=True, text=True, timeout=120
+  )
+  assert result.returncode == cli.EXIT_CONFIG and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert "model.depth: 8 -> 14" in result.stderr and "Use another --workdir" in result.stderr
+  assert "Loaded" not in result.stdout and not (tmp_path / "library.log").exists()  # refused before the data loads
 
 
 def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(
@@ -324,3 +330,46 @@ def test_an_unwritable_checkpoints_folder_fails_fast_with_one_message(tmp_path):
   )
   assert "Traceback" not in result.stderr and "Done" not in result.stdout
   assert "Not a directory" in (tmp_path / "library.log").read_text()  # orbax's own account, kept off the console
+
+
+def test_a_resume_without_metrics_jsonl_says_which_history_is_lost_and_goes_on(
+  mock_cifar10, resumable_config, tmp_path, capsys
+):
+  resumable_config.total_steps = 4
+  loop.train_and_evaluate(resumable_config, str(tmp_path))
+  os.remove(tmp_path / "metrics.jsonl")
+  resumable_config.total_steps = 6
+  loop.train_and_evaluate(resumable_config, str(tmp_path))
+  assert "metrics.jsonl is missing: the metrics of steps 1-4 are lost" in capsys.readouterr().err
+  assert [line["step"] for line in read_metrics(tmp_path)] == [6]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 3 MB filesystem, which a few checkpoints of ResNet-8 fill (skips where mounting is not allowed)."""
+  mount = tmp_path / "small"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
+    pytest.skip("mounting a small tmpfs needs root")
+  yield mount
+  subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_during_a_save_is_one_line_naming_the_last_checkpoint_and_loses_nothing(
+  small_disk, resumable_config, tmp_path
+):
+  resumable_config.total_steps, resumable_config.keep_checkpoints, resumable_config.num_devices = 40, 20, 1
+  result = subprocess.run(
+    train_py(resumable_config, small_disk / "run"), cwd=REPO, env=process_env(1), capture_output=True, text=True
+  )
+  assert result.returncode == 1
+  (line,) = result.stderr.strip().splitlines()  # the saver's threads' tracebacks went to library.log
+  assert line.startswith("Error: Cannot write checkpoints (noticed saving step ") and "No space left" in line
+  last = checkpoints.steps_on_disk(small_disk / "run")[-1]
+  assert f"The newest checkpoint on disk is step {last}. Free space there" in line
+  shutil.copytree(small_disk / "run", tmp_path / "freed")  # space freed: the same command resumes
+  again = subprocess.run(
+    train_py(resumable_config, tmp_path / "freed"), cwd=REPO, env=process_env(1), capture_output=True, text=True
+  )
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"resuming at step {last}" in again.stdout and "Done: resnet8 after 40 steps" in again.stdout

@@ -1,14 +1,13 @@
 """depthlab/parallel.py: several processes train as one, fail clearly, and stop together.
 
-The multi-process tests start real processes on localhost (tests/multiprocess_child.py),
-joined by jax.distributed with CPU collectives, each with its own fake CPU devices.
+The multi-process tests run train.py itself, as a user or a cluster starts it: one process
+per host on localhost, joined by jax.distributed with CPU collectives, each with its own fake
+CPU devices, on mock data (tests/mock_data_run.py).
 """
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
@@ -16,11 +15,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from depthlab import checkpoints, loop, parallel, run_setup
-from tests.conftest import make_tiny_config
+from depthlab import checkpoints, loop, parallel, validation
+from tests.conftest import make_tiny_config, process_env, train_py
 from tests.test_train import REPO, read_metrics
-
-CHILD = os.path.join(REPO, "tests", "multiprocess_child.py")
 
 
 def free_port() -> int:
@@ -29,51 +26,46 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def write_config(config, workdir) -> str:
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config_in.json")
-  with open(path, "w") as f:
-    f.write(config.to_json())
-  return path
+def launch(config, workdir, num_processes, devices_per_process, how="environment", timeout=150, sigterm=None):
+  """Runs train.py for `config` as `num_processes` processes; returns each one's (exit status, output).
 
-
-def child_argv(config_path, workdir, devices, num_processes, process_id, coordinator):
-  return [
-    sys.executable,
-    CHILD,
-    config_path,
-    str(workdir),
-    f"--devices={devices}",
-    f"--num_processes={num_processes}",
-    f"--process_id={process_id}",
-    f"--coordinator={coordinator}",
-  ]
-
-
-def child_env():
-  """The environment with the test session's compilation cache (tests/conftest.py)."""
-  return {
-    **os.environ,
-    "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(jax.config.jax_persistent_cache_min_compile_time_secs),
-  }
-
-
-def launch(config, workdir, num_processes, devices_per_process, timeout=150, sigterm=None):
-  """Runs the config in `num_processes` processes; returns each one's (exit status, output).
-
-  `sigterm` = (process id, step): that process alone is sent SIGTERM at that step. A
-  process still running after `timeout` seconds fails the test (a hang is a failure).
+  `how`: "environment" gives each process the coordinator, process count and id as
+  $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID; "flags" as
+  --config.distributed.* (the two ways docs/hosts.md shows). `sigterm` = (process id, step):
+  that process alone is sent SIGTERM at that step. A process still running after `timeout`
+  seconds fails the test (a hang is a failure).
   """
-  config_path = write_config(config, workdir)
   coordinator = f"localhost:{free_port()}"
   processes = []
   for i in range(num_processes):
-    argv = child_argv(config_path, workdir, devices_per_process, num_processes, i, coordinator)
-    if sigterm and sigterm[0] == i:
-      argv.append(f"--sigterm_at_step={sigterm[1]}")
+    step = sigterm[1] if sigterm and sigterm[0] == i else 0
+    if how == "environment":
+      flags, env = (
+        [],
+        {
+          "JAX_COORDINATOR_ADDRESS": coordinator,
+          "JAX_NUM_PROCESSES": str(num_processes),
+          "JAX_PROCESS_ID": str(i),
+        },
+      )
+    else:
+      flags, env = (
+        [
+          f"--config.distributed.coordinator_address={coordinator}",
+          f"--config.distributed.num_processes={num_processes}",
+          f"--config.distributed.process_id={i}",
+        ],
+        {},
+      )
     processes.append(
-      subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      subprocess.Popen(
+        train_py(config, workdir, *flags, sigterm_at_step=step),
+        cwd=REPO,
+        env=process_env(devices_per_process, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
     )
   deadline, results = time.monotonic() + timeout, []
   try:
@@ -109,6 +101,7 @@ def shared_config():
   config = make_tiny_config()
   config.cross_replica_bn, config.log_every_steps = True, 1
   config.total_steps, config.eval_every_steps, config.checkpoint_every_steps = 6, 3, 3
+  config.num_devices = 0  # several processes train on all their devices
   return config
 
 
@@ -117,11 +110,12 @@ STOP_STEP = 4  # process 1 alone gets SIGTERM here
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """Workdirs and outputs of one 6-step run on 1 process x 4 devices and on 2 processes x 2 devices.
+  """Workdirs and outputs of 6-step runs of train.py on 1 process x 4 devices and on 2 processes x 2 devices.
 
-  The 2-process run is stopped by a SIGTERM to process 1 at step 4 and resumed to step 6
-  in a single process of 4 devices. One 2-process launch serves all the tests below (it
-  takes most of their time).
+  "one": the reference, in this process. "two": 2 processes started with the environment
+  variables, stopped by a SIGTERM to process 1 at step 4, then resumed to step 6 by train.py
+  as a single process of 4 devices. "flags": 2 processes started with the
+  --config.distributed.* flags, trained through.
   """
   if jax.device_count() < 4:  # the children run on fake CPUs, but the one-process runs here on our devices
     pytest.skip(f"needs 4 devices; the {jax.default_backend()} backend has {jax.device_count()}")
@@ -130,12 +124,22 @@ def runs(tmp_path_factory):
   with tfds.testing.mock_data(num_examples=256):  # what mock_cifar10 gives
     config.num_devices = 4
     loop.train_and_evaluate(config, str(root / "one"))
-    config.num_devices = 0
-    outputs = launch(config, root / "two", num_processes=2, devices_per_process=2, sigterm=(1, STOP_STEP))
-    stopped = losses(root / "two")
-    config.num_devices = 4
-    loop.train_and_evaluate(config, str(root / "two"))
-  return {"one": root / "one", "two": root / "two", "outputs": outputs, "stopped": stopped}
+  config.num_devices = 0
+  outputs = launch(config, root / "two", num_processes=2, devices_per_process=2, sigterm=(1, STOP_STEP))
+  stopped = losses(root / "two")
+  resumed = subprocess.run(
+    train_py(config, root / "two"), cwd=REPO, env=process_env(4), capture_output=True, text=True, timeout=150
+  )
+  flags = launch(config, root / "flags", num_processes=2, devices_per_process=2, how="flags")
+  return {
+    "one": root / "one",
+    "two": root / "two",
+    "flags": root / "flags",
+    "outputs": outputs,
+    "stopped": stopped,
+    "resumed": resumed,
+    "flags_outputs": flags,
+  }
 
 
 # --------------------------------------------------------------- two processes, one run
@@ -146,6 +150,14 @@ def test_two_processes_of_two_devices_train_like_one_process_of_four(runs):
   assert [step for step, *_ in runs["stopped"]] == [1, 2, 3, 4]
   # Same global batches, batch norm over all 4 devices: only the order of float sums differs.
   np.testing.assert_allclose(runs["stopped"], one[:STOP_STEP], rtol=1e-5)
+
+
+def test_two_processes_started_with_the_distributed_flags_train_like_one_process_of_four(runs):
+  for rc, out in runs["flags_outputs"]:
+    assert rc == 0, out[-3000:]
+  assert "Done: resnet8 after 6 steps" in runs["flags_outputs"][0][1]
+  np.testing.assert_allclose(losses(runs["flags"]), losses(runs["one"]), rtol=1e-4)
+  assert (runs["flags"] / "run.lock").read_text() == "", "process 0 released the workdir's one lock"
 
 
 def test_only_process_0_writes_to_the_console(runs):
@@ -161,6 +173,8 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(run
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process(runs):
+  assert runs["resumed"].returncode == 0, runs["resumed"].stderr[-3000:]
+  assert f"resuming at step {STOP_STEP}" in runs["resumed"].stdout
   # Six SGD steps amplify the different summation order: ~1e-5 relative in the late losses,
   # a few 1e-4 of parameters of size ~1.
   np.testing.assert_allclose(losses(runs["two"]), losses(runs["one"]), rtol=1e-4)
@@ -174,19 +188,21 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs):
 def test_a_process_that_cannot_reach_the_coordinator_fails_naming_it(tmp_path):
   config = shared_config()
   config.distributed.initialization_timeout = 2
-  config_path = write_config(config, tmp_path)
   address = f"localhost:{free_port()}"  # nobody listens there
   start = time.monotonic()
+  flags = [f"--config.distributed.coordinator_address={address}", "--config.distributed.num_processes=2"]
   result = subprocess.run(
-    child_argv(config_path, tmp_path, 1, num_processes=2, process_id=1, coordinator=address),
+    train_py(config, tmp_path / "run", *flags, "--config.distributed.process_id=1"),
     cwd=REPO,
+    env=process_env(1),
     capture_output=True,
     text=True,
     timeout=120,
   )
   assert result.returncode == 1, result.stderr[-3000:]
-  assert f"CoordinatorUnreachableError: Could not reach the coordinator at {address} within 2s" in result.stderr
-  assert "process 0 has started" in result.stderr
+  assert f"Error: Could not reach the coordinator at {address} within 2s" in result.stderr
+  assert "process 0 has started" in result.stderr and "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists(), "a run that never started leaves no workdir"
   assert time.monotonic() - start < 60
 
 
@@ -210,10 +226,14 @@ def test_srun_and_mpirun_with_several_tasks_start_jax_distributed(environ, sever
 
 
 def test_a_global_batch_that_does_not_divide_over_all_processes_devices_is_an_error(tiny_config):
-  tiny_config.batch_size = 18
-  with pytest.raises(
-    ValueError,
-    match=r"batch_size 18 does not divide over 4 devices \(2 processes\); "
-    r"use a multiple of 4",
-  ):
-    run_setup.check_batch_size(tiny_config, num_devices=4, num_processes=2)
+  tiny_config.batch_size, tiny_config.num_devices = 18, 0
+  assert validation.device_problems(tiny_config, available=4, num_processes=2) == [
+    "batch_size 18 does not divide over 4 devices (2 processes); use a multiple of 4 (--config.batch_size=...) "
+    "or another number of processes or devices per process."
+  ]
+
+
+def test_num_devices_cannot_leave_devices_out_of_a_multi_process_run(tiny_config):
+  tiny_config.num_devices = 2
+  (problem,) = validation.device_problems(tiny_config, available=4, num_processes=2)
+  assert "only a single-process run can leave devices out; set --config.num_devices=0" in problem

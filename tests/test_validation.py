@@ -86,7 +86,7 @@ def test_a_batch_that_does_not_divide_over_the_devices_says_how_to_fix_it():
   config = default.get_config()
   config.batch_size = 100
   assert "use a multiple of 8 (--config.batch_size=...)" in problems_of(config, num_devices=8)
-  resumed = validation.batch_problems(config, 8, resuming=True)[0]
+  resumed = validation.device_problems(config, 8, resuming=True)[0]
   assert "--config.batch_size" not in resumed and "--config.num_devices" in resumed  # a resume keeps its batch
 
 
@@ -103,6 +103,8 @@ def test_a_workdir_that_is_a_file_is_a_problem(tmp_path):
     (["--config=configs/resnet20.py", "--config.data_dir=/data"], "--config.data_dir: no config field 'data_dir'."),
     (["--config=configs/nope.py"], "--config=configs/nope.py: no such config file"),
     (["--config=configs/resnet20.py", "--config.total_steps=0"], "total_steps = 0: must be at least 1"),
+    (["--config=configs/resnet20.py", "--config.num_devices=16"], "num_devices = 16: only 8 devices here"),
+    (["--config=configs/resnet20.py", "--config.batch_size=100"], "batch_size 100 does not divide over 8 devices"),
   ],
 )
 def test_train_py_prints_one_message_and_no_traceback_for_a_bad_config(args, message, tmp_path):
