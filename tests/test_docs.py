@@ -127,3 +127,29 @@ def test_every_python_command_names_a_file_of_the_repo(page, command):
     )
   else:
     assert (ROOT / target).is_file(), f"{page.relative_to(ROOT)}: {command}: no {target} in the repo"
+
+
+# A test the docs cite as the one that holds a claim: `test_checkpoints.py::test_...` (or `::test_...`
+# after such a name, for another test of the same file).
+CITED_TESTS = r"(test_\w+\.py)::(test_\w+)|, `::(test_\w+)"
+
+
+def _cited_tests():
+  cited = []
+  for page in PAGES:
+    file = None
+    for match in re.finditer(CITED_TESTS, _text(page)):
+      file = match.group(1) or file
+      cited.append((page, file, match.group(2) or match.group(3)))
+  return cited
+
+
+@pytest.mark.parametrize(
+  ("page", "file", "name"),
+  [pytest.param(p, f, n, id=f"{p.relative_to(ROOT)}:{f}::{n}") for p, f, n in _cited_tests()],
+)
+def test_every_test_the_docs_cite_exists(page, file, name):
+  path = ROOT / "tests" / file
+  assert path.is_file() and re.search(rf"^def {name}\(", path.read_text(), re.M), (
+    f"{page.relative_to(ROOT)} cites tests/{file}::{name}, which does not exist"
+  )
