@@ -173,11 +173,17 @@ def parse_options(options: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("name", help=f"one of {nets.names()}")
+  parser.add_argument("name", nargs="?", help=f"one of {nets.names()}")
   parser.add_argument("options", nargs="*", help="the net's keyword arguments, key=value")
   parser.add_argument("--input_size", type=int, help="image height and width (default: the paper's)")
   parser.add_argument("--channels", type=int, help="image channels (default: the paper's)")
   args = parser.parse_args(argv)
+  if args.name is None:
+    print(f"The nets: {', '.join(nets.names())}. Their table: python -m nets.summary <net>, e.g.\n")
+    print(__doc__.split("\n\n")[1])
+    return
+  if args.name not in nets.names():
+    parser.error(f"unknown net {args.name!r}; give one of {', '.join(nets.names())}")
   (size, _, channels), num_classes = CANONICAL_INPUT.get(args.name, IMAGENET_INPUT)
   input_shape = (args.input_size or size, args.input_size or size, args.channels or channels)
   model = nets.create(args.name, **{"num_classes": num_classes, **parse_options(args.options)})

@@ -148,3 +148,15 @@ def test_options_are_parsed_as_python_literals_or_strings():
   }
   with pytest.raises(ValueError, match="key=value"):
     summary.parse_options(["batch_norm"])
+
+
+def test_the_command_without_a_net_lists_the_nets_and_how_to_call_it(capsys):
+  summary.main([])
+  out = capsys.readouterr().out
+  assert "The nets: alexnet, cifar_resnet, googlenet" in out and "python -m nets.summary vgg16" in out
+
+
+def test_an_unknown_net_is_one_line_naming_the_nets(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    summary.main(["resnet"])
+  assert exit_info.value.code == 2 and "unknown net 'resnet'; give one of alexnet" in capsys.readouterr().err
