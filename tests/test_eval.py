@@ -12,8 +12,7 @@ import pytest
 from configs import default
 from depthlab import checkpoints, cli, evaluation, loop
 from depthlab.writers import read_metrics
-from tests.conftest import requires_devices
-from tests.test_train import REPO
+from tests.conftest import MOCK_DATA_RUN, REPO, requires_devices
 
 
 @pytest.fixture
@@ -82,21 +81,13 @@ def test_eval_reports_a_corrupt_checkpoint_uses_the_one_before_and_leaves_the_ru
 
 # ------------------------------------------------------------------------------ eval.py as a user types it
 
-EVAL_ON_MOCK_DATA = """
-import sys
-import tensorflow_datasets as tfds
-from absl import app
-import eval as eval_py
-sys.argv = ["eval.py", *{args!r}]
-with tfds.testing.mock_data(num_examples=256):
-  app.run(eval_py.main)
-"""
-
 
 def eval_py(*args: str, mock_data: bool = False) -> subprocess.CompletedProcess:
   """`python eval.py <args>` (on TFDS's mock CIFAR-10 with `mock_data`)."""
-  command = ["-c", EVAL_ON_MOCK_DATA.format(args=list(args))] if mock_data else ["eval.py", *args]
-  return subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=300)
+  command = [MOCK_DATA_RUN] if mock_data else []
+  return subprocess.run(
+    [sys.executable, *command, "eval.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
 
 
 def contents(folder) -> dict[str, bytes]:
