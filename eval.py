@@ -19,9 +19,13 @@ cannot compare (no test error yet, a missing or damaged config.json or metrics.j
 on stderr with the reason, and left out.
 """
 
+import contextlib
+import os
+
 from absl import app, flags, logging
 
-from depthlab import checkpoints, cli
+from configs import default
+from depthlab import checkpoints, cli, parallel, workdir_lock
 from depthlab.evaluation import RunFileError, evaluate_checkpoint
 from depthlab.figures import compare, counted
 from nets import cpu_conv
@@ -65,7 +69,20 @@ def run(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.workdir:
     raise app.UsageError("Give --workdir=<a run's workdir> to evaluate, or `compare <folders>`.")
-  results = evaluate_checkpoint(FLAGS.workdir, FLAGS.step, FLAGS.train, FLAGS.num_devices, FLAGS.data_dir)
+  # Before anything starts a JAX backend: the processes of a multi-host evaluation join first
+  # (from $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID, or srun / mpirun).
+  parallel.maybe_initialize_distributed(default.get_config().distributed)
+  holder = workdir_lock.holder(FLAGS.workdir)
+  if holder:
+    print(
+      f"A run is training in {FLAGS.workdir} ({workdir_lock.describe(holder)}); evaluating a checkpoint it has "
+      "saved, which leaves the run as it is.",
+      flush=True,
+    )
+  # A run's workdir has a library.log: the libraries' messages go there, as in training.
+  log = os.path.join(FLAGS.workdir, "library.log")
+  with cli.libraries_logged_to(log) if checkpoints.has_checkpoints(FLAGS.workdir) else contextlib.nullcontext():
+    results = evaluate_checkpoint(FLAGS.workdir, FLAGS.step, FLAGS.train, FLAGS.num_devices, FLAGS.data_dir)
   print(f"{FLAGS.workdir} at step {results['step']} on {results['devices']} device(s):")
   for name in [k[: -len("_examples")] for k in results if k.endswith("_examples")]:
     spread = f" ± {100 * results[f'{name}_error_std']:.2f}" if f"{name}_error_std" in results else ""

@@ -10,11 +10,8 @@ every device as uint8; each step gathers, augments and normalises its own slice 
 global batch on the device, so the host only dispatches.
 """
 
-from collections.abc import Iterator
 import contextlib
 import os
-import sys
-import threading
 
 from absl import app, logging
 import jax
@@ -27,41 +24,6 @@ from nets import cpu_conv
 FLAGS = cli.FLAGS
 
 
-class ConsoleForMainThread:
-  """sys.stderr during a run: what the main thread writes (our messages, warnings) reaches the
-  console; what other threads write goes to library.log. After a failed asynchronous checkpoint
-  save, the saver's threads print dozens of tracebacks ("Event loop is closed") before the
-  run's one error line; they belong in the log."""
-
-  def __init__(self, console, log):
-    self._console, self._log = console, log
-
-  def write(self, text: str) -> int:
-    return (self._console if threading.current_thread() is threading.main_thread() else self._log).write(text)
-
-  def flush(self) -> None:
-    self._console.flush()
-    self._log.flush()
-
-  def __getattr__(self, name):  # fileno, isatty, encoding, ...: the console's
-    return getattr(self._console, name)
-
-
-@contextlib.contextmanager
-def libraries_logged_to(workdir: str) -> Iterator[None]:
-  """Within `with`, absl logging (orbax's and jax's messages, their tracebacks on a failed save)
-  and other threads' writes to stderr go to <workdir>/library.log instead of the console,
-  which keeps to progress and our messages."""
-  handler, console = logging.get_absl_handler().python_handler, sys.stderr
-  absl_stream = handler.stream
-  with open(os.path.join(workdir, "library.log"), "a", buffering=1) as log:
-    handler.stream, sys.stderr = log, ConsoleForMainThread(console, log)
-    try:
-      yield
-    finally:
-      handler.stream, sys.stderr = absl_stream, console
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -72,13 +34,18 @@ def main(argv):
   workdir = FLAGS.workdir or default_workdir(config)
   with cli.user_errors_as_messages(FLAGS.debug, also=cli.RUN_ERRORS):
     validation.validate_config(config, workdir)
+    run_setup.use_compilation_cache(config.compilation_cache_dir)
     # Before anything starts a JAX backend: the processes of a multi-host run join first.
     parallel.maybe_initialize_distributed(config.distributed)
     # What can be refused is refused before anything is written or loaded.
     data_parallel = run_setup.training_devices(config, workdir)
     checkpoints.check_resumable(config, workdir)
     with workdir_lock.hold(workdir):
-      with libraries_logged_to(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+      with (
+        cli.libraries_logged_to(os.path.join(workdir, "library.log"))
+        if jax.process_index() == 0
+        else contextlib.nullcontext()
+      ):
         train_and_evaluate(config, workdir, data_parallel)
 
 

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 import contextlib
 import os
 import sys
+import threading
 
-from absl import flags
+from absl import flags, logging
 import ml_collections
 from ml_collections import config_flags
 
@@ -129,3 +130,44 @@ RUN_ERRORS = (
   FloatingPointError,
   TrainingCollapsed,
 )
+
+
+class ConsoleForMainThread:
+  """sys.stderr while a command works in a workdir: what the main thread writes (our messages,
+  warnings) reaches the console; what other threads write goes to the workdir's library.log.
+  After a failed asynchronous checkpoint save or read, orbax's and tensorstore's threads print
+  dozens of tracebacks ("Event loop is closed"), until the process ends; they belong in the log."""
+
+  def __init__(self, console, log):
+    self._console, self._log = console, log
+
+  def write(self, text: str) -> int:
+    if threading.current_thread() is threading.main_thread():
+      return self._console.write(text)
+    try:
+      return self._log.write(text)
+    except (OSError, ValueError):  # a full disk, or the log closed at exit: dropped
+      return len(text)
+
+  def flush(self) -> None:
+    self._console.flush()
+    with contextlib.suppress(OSError, ValueError):
+      self._log.flush()
+
+  def __getattr__(self, name):  # fileno, isatty, encoding, ...: the console's
+    return getattr(self._console, name)
+
+
+@contextlib.contextmanager
+def libraries_logged_to(path: str) -> Iterator[None]:
+  """Within `with`, absl logging (orbax's and jax's messages, their tracebacks on a failed save)
+  and other threads' writes to stderr go to the file `path` (a workdir's library.log) instead
+  of the console, which keeps to progress and our messages. After an error they stay there
+  until the process ends, since the libraries' threads go on printing until then."""
+  handler, console = logging.get_absl_handler().python_handler, sys.stderr
+  absl_stream = handler.stream
+  log = open(path, "a", buffering=1)  # pylint: disable=consider-using-with
+  handler.stream, sys.stderr = log, ConsoleForMainThread(console, log)
+  yield
+  handler.stream, sys.stderr = absl_stream, console
+  log.close()

@@ -46,6 +46,7 @@ from depthlab import (
   cli,  # pylint: disable=g-import-not-at-top,wrong-import-position
   naming,  # pylint: disable=g-import-not-at-top,wrong-import-position
   validation,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  workdir_lock,  # pylint: disable=g-import-not-at-top,wrong-import-position
   writers,  # pylint: disable=g-import-not-at-top,wrong-import-position
 )
 
@@ -375,7 +376,7 @@ def outcome(returncode: int) -> str:
   return f"failed (exit {returncode})"
 
 
-OUTCOMES = ("done", "finished before", "stopped", "failed", "not started")
+OUTCOMES = ("done", "finished before", "in progress elsewhere", "stopped", "failed", "not started")
 
 
 def outcome_counts(runs: list[Run]) -> str:
@@ -403,10 +404,13 @@ def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None)
   gpus = accelerators() if gpus is None else gpus
   todo = []
   for run in runs:
-    final = checkpoints.final_metrics(run.workdir)
+    final, holder = checkpoints.final_metrics(run.workdir), workdir_lock.holder(run.workdir)
     if final and final["step"] >= run.config.total_steps:
       run.status = "finished before"
       print(f"[{run.index + 1}/{len(runs)}] {run.name}: finished before, skipped ({run.workdir})", flush=True)
+    elif holder:  # another runner, agent or job trains it: train.py would be refused
+      run.status = f"in progress elsewhere ({workdir_lock.describe(holder)})"
+      print(f"[{run.index + 1}/{len(runs)}] {run.name}: {run.status}, skipped", flush=True)
     else:
       todo.append(run)
   # A sweep resumed near its end may have fewer runs left than slots: the cores are then split

@@ -140,3 +140,13 @@ def process_env(devices: int, **variables: str) -> dict[str, str]:
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(jax.config.jax_persistent_cache_min_compile_time_secs),
     **variables,
   }
+
+
+# A process that holds the lock of the workdir it is given, as a training run does, until killed.
+HOLD_LOCK = (
+  "import sys, time\n"
+  "from depthlab import workdir_lock\n"
+  "with workdir_lock.hold(sys.argv[1]):\n"
+  "  print('holding', flush=True)\n"
+  "  time.sleep(600)\n"
+)

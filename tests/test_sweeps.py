@@ -21,7 +21,7 @@ from configs import default
 from depthlab import cli, naming
 from depthlab.writers import read_metrics
 from sweeps import run as runner
-from tests.test_train import REPO
+from tests.conftest import HOLD_LOCK, REPO, process_env
 
 SWEEP_FILES = sorted(glob.glob(os.path.join(REPO, "sweeps", "*.yaml")))
 
@@ -387,3 +387,24 @@ def test_a_sweep_file_that_is_not_a_mapping_says_what_it_holds(tmp_path, capsys,
   err = capsys.readouterr().err
   assert exit_info.value.code == cli.EXIT_CONFIG and f"The sweep file {tmp_path / 'sweep.yaml'} has 1 problem" in err
   assert f"  - it holds {holds}, not a mapping of program, method and parameters; give a sweep YAML such as " in err
+
+
+def test_a_run_that_another_process_trains_is_skipped_naming_it_not_failed(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  sweep = write_fake_sweep(tmp_path, [0, 1])
+  holder = subprocess.Popen(
+    [sys.executable, "-c", HOLD_LOCK, "runs/fake/resnet56-seed1"],
+    cwd=tmp_path,
+    env=process_env(1, PYTHONPATH=REPO),
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    assert holder.stdout.readline().strip() == "holding"
+    assert runner.main([sweep, "--gpus", ""]) == 0
+  finally:
+    holder.kill()
+    holder.wait()
+  out = capsys.readouterr().out
+  assert f"resnet56-seed1: in progress elsewhere (PID {holder.pid} on host" in out
+  assert "Runs: 1 done, 1 in progress elsewhere." in out and not (tmp_path / "saved-seed1").exists()

@@ -16,15 +16,7 @@ import pytest
 
 from depthlab import workdir_lock
 from depthlab.writers import read_metrics
-from tests.conftest import REPO, make_tiny_config, process_env, train_py
-
-HOLD_LOCK = (
-  "import sys, time\n"
-  "from depthlab import workdir_lock\n"
-  "with workdir_lock.hold(sys.argv[1]):\n"
-  "  print('holding', flush=True)\n"
-  "  time.sleep(600)\n"
-)
+from tests.conftest import HOLD_LOCK, REPO, make_tiny_config, process_env, train_py
 
 
 def long_config():
