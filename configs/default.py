@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_devices = 0  # local devices to train on; 0: all of them
   config.cross_replica_bn = False  # batch-norm statistics over the global batch instead of per device
   config.steps_per_dispatch = 1  # train steps per host dispatch (a lax.scan); more hides dispatch latency on accelerators
+  config.compilation_cache_dir = "~/.cache/depthlab/jax"  # compiled steps kept for the next start (a resume skips compiling); "": off
   config.conv_weight_grad = "auto"  # convolutions' weight gradient: "patches" (fast on CPU), "lax", "auto": patches on CPU only
   config.num_seeds = 1  # K > 1: train seeds seed .. seed+K-1 in one step (see docs/sweeps.md)
   config.seed_batching = "auto"  # several seeds: "vmap" (fills an accelerator), "loop" (faster on CPU), auto: loop on CPU

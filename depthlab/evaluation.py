@@ -59,6 +59,7 @@ def evaluate_checkpoint(
     )
   if data_dir:
     config.dataset.data_dir = data_dir
+  run_setup.use_compilation_cache(config.compilation_cache_dir)
 
   def restore(template: TrainState) -> tuple[TrainState, dict[str, Any]]:
     ckpts = checkpoints.Checkpoints(workdir)

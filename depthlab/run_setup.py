@@ -4,6 +4,7 @@ the state and the training data on the devices (`set_up`)."""
 
 from collections.abc import Callable
 import dataclasses
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -14,6 +15,16 @@ from depthlab import checkpoints, input_pipeline, parallel, validation
 from depthlab.state import TrainState, create_model, create_train_state, run_keys, step_count
 from depthlab.steps import EpochOrders, steps_on_device
 import nets
+
+
+def use_compilation_cache(cache_dir: str) -> None:
+  """Keeps compiled steps in JAX's persistent cache at `cache_dir`, so that the next start of
+  the same run (a resume, a repeat) loads them instead of compiling again; "" turns it off.
+  $JAX_COMPILATION_CACHE_DIR, where set, wins over `cache_dir`."""
+  if not cache_dir:
+    jax.config.update("jax_enable_compilation_cache", False)
+  elif not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
 
 
 def training_devices(config: ml_collections.ConfigDict, workdir: str | None = None) -> parallel.DataParallel:
