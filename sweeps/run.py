@@ -165,17 +165,18 @@ def _sample(name: str, spec: dict[str, Any], rng: random.Random) -> Any:
 def expand(sweep: dict[str, Any], count: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
   """The parameters of every run of the sweep, in the order the runs start.
 
-  `grid`: every combination, the first parameter varying slowest. `random`: `count` runs
-  (default: the sweep's run_cap) drawn with a seeded generator.
+  `grid`: every combination, in the order of wandb's grid engine: the parameters sorted by
+  name, the first varying slowest (tests/wandb_grid_orders.json holds its order for each sweep
+  file). `random`: `count` runs (default: the sweep's run_cap) drawn with a seeded generator.
   """
   parameters = sweep["parameters"]
   for name, spec in parameters.items():
     if "parameters" in spec:
       raise ValueError(f"Parameter {name}: nested parameters are not supported by this runner.")
   if sweep["method"] == "grid":
-    names = list(parameters)
+    names = sorted(parameters)
     grid = itertools.product(*(_grid_values(n, parameters[n]) for n in names))
-    runs = [dict(zip(names, values)) for values in grid]
+    runs = [{n: dict(zip(names, values))[n] for n in parameters} for values in grid]  # the file's order
     return runs[:count] if count else runs
   if sweep["method"] == "random":
     count = count or sweep.get("run_cap")

@@ -4,7 +4,9 @@ tells a run stopped by a signal (resumable) from a failed one, and names a sweep
 cannot read."""
 
 import glob
+import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -64,7 +66,7 @@ def test_plain_vs_residual_is_the_papers_grid():
 
 def test_reduced_fig6_is_fig6_at_20_and_56_layers():
   runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "fig6_reduced.yaml")))
-  assert [run.name for run in runs] == ["plain20", "plain56", "resnet20", "resnet56"]  # plain nets first
+  assert [run.name for run in runs] == ["plain20", "resnet20", "plain56", "resnet56"]  # as wandb's grid orders them
   assert {run.config.total_steps for run in runs} == {2_000}
 
 
@@ -408,3 +410,14 @@ def test_a_run_that_another_process_trains_is_skipped_naming_it_not_failed(tmp_p
   out = capsys.readouterr().out
   assert f"resnet56-seed1: in progress elsewhere (PID {holder.pid} on host" in out
   assert "Runs: 1 done, 1 in progress elsewhere." in out and not (tmp_path / "saved-seed1").exists()
+
+
+WANDB_GRID_ORDERS = json.loads((pathlib.Path(REPO) / "tests" / "wandb_grid_orders.json").read_text())
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=os.path.basename)
+def test_runs_start_in_the_order_of_wandbs_grid_engine(path):
+  recorded = WANDB_GRID_ORDERS.get(os.path.basename(path))
+  assert recorded is not None, "record its order: see tests/record_wandb_grid_orders.py"
+  ours = [{name: params[name] for name in recorded[0]} for params in runner.expand(runner.load_sweep(path))]
+  assert ours == recorded
