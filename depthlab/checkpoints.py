@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from typing import Any
 
 import jax
@@ -312,23 +313,83 @@ def final_metrics(workdir: str) -> dict[str, Any] | None:
 
 
 class PreemptionSignal:
-  """Within `with`, SIGTERM and SIGINT set `.signum` instead of killing the process."""
+  """Within `with`, SIGTERM and SIGINT set `.signum` instead of killing the process: the loop
+  then saves a checkpoint at a step boundary and stops.
+
+  A thread woken by the signal itself (signal.set_wakeup_fd), not by the main thread, which may
+  be waiting on the devices, says at once at which step the run stops (`.step` is the loop's
+  latest step; with several processes they agree on the next log or checkpoint step). A second
+  signal ends the process at once, naming the newest checkpoint on disk of `workdir`.
+  """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self, workdir: str = "", several_processes: bool = False, announce: bool = True):
     self.signum = 0
-    self._previous = {}
+    self.step = 0
+    self._workdir, self._several, self._announce = workdir, several_processes, announce
+    self._previous, self._pipe, self._previous_wakeup, self._watcher = {}, None, -1, None
 
   def __enter__(self):
     for s in self.SIGNALS:
       self._previous[s] = signal.signal(s, self._handle)
+    self._pipe = os.pipe()
+    os.set_blocking(self._pipe[1], False)
+    self._previous_wakeup = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
+    self._watcher = threading.Thread(target=self._watch, args=(self._pipe[0],), daemon=True, name="signal-watch")
+    self._watcher.start()
     return self
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    self.signum = signum
+    self.signum = self.signum or signum
+
+  def _watch(self, read_fd: int) -> None:
+    """Runs in a thread: reacts to each signal as it arrives."""
+    received = 0
+    while True:
+      try:
+        data = os.read(read_fd, 64)
+      except OSError:
+        return
+      if not data:
+        return  # the pipe was closed: the `with` block ended
+      for signum in data:
+        if signum not in self.SIGNALS:
+          continue
+        received += 1
+        if received == 1:
+          self._say_where_it_stops(signum)
+        else:
+          self._exit_now(signum)
+
+  def _say_where_it_stops(self, signum: int) -> None:
+    if not self._announce:
+      return
+    where = "at the next log or checkpoint step" if self._several else f"after step {self.step}, its step in progress"
+    print(
+      f"Signal {signum} received: the run stops {where}, saving a checkpoint there "
+      "(a second signal, e.g. Ctrl-C again, exits at once without saving).",
+      file=sys.__stderr__,  # the console itself: sys.stderr sends other threads' writes to library.log
+      flush=True,
+    )
+
+  def _exit_now(self, signum: int) -> None:
+    saved = steps_on_disk(self._workdir) if self._workdir else []
+    where = (
+      f"the newest checkpoint on disk is step {saved[-1]} in {os.path.join(self._workdir, 'checkpoints')}; "
+      "the same command resumes from there"
+      if saved
+      else "no checkpoint was saved; the same command starts over"
+    )
+    if self._announce:
+      print(f"Second signal {signum}: exiting now, without saving; {where}.", file=sys.__stderr__, flush=True)
+    os._exit(128 + signum)  # pylint: disable=protected-access
 
   def __exit__(self, *exc):
+    signal.set_wakeup_fd(self._previous_wakeup)
     for s, handler in self._previous.items():
       signal.signal(s, handler)
+    os.close(self._pipe[1])  # the watching thread reads the end of the pipe and returns
+    self._watcher.join(timeout=5)
+    os.close(self._pipe[0])
     return False

@@ -16,7 +16,7 @@ from configs import default
 from depthlab import checkpoints, cli, loop
 from depthlab import state as state_lib
 from depthlab.writers import read_metrics
-from tests.conftest import process_env, requires_cpu, train_py
+from tests.conftest import make_tiny_config, process_env, requires_cpu, train_py
 from tests.test_train import REPO
 
 
@@ -373,3 +373,49 @@ def test_a_full_disk_during_a_save_is_one_line_naming_the_last_checkpoint_and_lo
   )
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"resuming at step {last}" in again.stdout and "Done: resnet8 after 40 steps" in again.stdout
+
+
+def read_until(process, marker: str) -> tuple[str, float]:
+  """The first output line of `process` that holds `marker`, and when it came."""
+  for line in process.stdout:
+    if marker in line:
+      return line, time.perf_counter()
+  pytest.fail(f"the run ended without printing {marker!r}")
+
+
+def signal_at_first_progress_line(config, workdir):
+  """Starts train.py, waits for its first progress line (10 steps in) and 4 steps more, and sends
+  SIGINT: (process, seconds a step takes, when sent). Meanwhile the host would have queued every
+  step up to the next log step, had nothing bounded it."""
+  process = subprocess.Popen(
+    train_py(config, workdir), cwd=REPO, env=process_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+  line, _ = read_until(process, f"/{config.total_steps} (")
+  step_seconds = config.batch_size / float(line.split(" img/s")[0].split("| ")[-1])
+  time.sleep(4 * step_seconds)
+  process.send_signal(signal.SIGINT)
+  return process, step_seconds, time.perf_counter()
+
+
+def test_ctrl_c_is_answered_at_once_and_stops_the_run_within_a_few_steps(tmp_path):
+  config = make_tiny_config()
+  config.model.depth, config.batch_size = 20, 128  # steps slow enough to count the stop in them
+  config.total_steps, config.log_every_steps, config.eval_every_steps = 1000, 50, 1000
+  process, step_seconds, sent = signal_at_first_progress_line(config, tmp_path)
+  answer, answered = read_until(process, "Signal 2 received")
+  stopped, ended = read_until(process, "Stopped by signal 2 at step")
+  process.wait(timeout=120)
+  assert process.returncode == 128 + signal.SIGINT
+  assert "the run stops after step" in answer and (answered - sent) / step_seconds < 1
+  # Without a bound on how far the host dispatches ahead, the device would be some 30 steps behind.
+  assert (ended - sent) / step_seconds < 6, f"{(ended - sent) / step_seconds:.1f} steps to stop"
+  step = int(stopped.split("at step ")[1].split(";")[0])
+  assert checkpoints.steps_on_disk(tmp_path) == [step]
+
+  process, _, _ = signal_at_first_progress_line(config, tmp_path)  # resumed; Ctrl-C twice
+  read_until(process, "Signal 2 received")  # two signals at once would merge into one
+  process.send_signal(signal.SIGINT)
+  out, _ = process.communicate(timeout=60)
+  assert process.returncode == 128 + signal.SIGINT
+  assert f"Second signal 2: exiting now, without saving; the newest checkpoint on disk is step {step}" in out
+  assert "Stopped by signal" not in out and checkpoints.steps_on_disk(tmp_path) == [step]
