@@ -12,7 +12,7 @@ from absl import flags, logging
 import ml_collections
 from ml_collections import config_flags
 
-from depthlab import checkpoints, parallel, validation, workdir_lock, writers
+from depthlab import checkpoints, input_pipeline, parallel, validation, workdir_lock, writers
 from depthlab.collapse import TrainingCollapsed
 from depthlab.naming import default_workdir
 
@@ -102,7 +102,15 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
 
 
 # Errors whose message tells the user what to do: no traceback needed.
-USER_ERRORS = (validation.ConfigError, writers.StorageError, writers.MetricsFileError, workdir_lock.WorkdirInUseError)
+USER_ERRORS = (
+  validation.ConfigError,
+  input_pipeline.DataNotFoundError,
+  writers.StorageError,
+  writers.MetricsFileError,
+  workdir_lock.WorkdirInUseError,
+)
+# What the user sets right (exit EXIT_CONFIG); every other error of USER_ERRORS stopped a run (EXIT_FAILURE).
+CONFIG_ERRORS = (validation.ConfigError, input_pipeline.DataNotFoundError)
 
 
 @contextlib.contextmanager
@@ -119,7 +127,7 @@ def user_errors_as_messages(debug: bool = False, also: tuple[type[BaseException]
       # A failed orbax save leaves threads that wait ~300 s for it before Python may exit.
       sys.stdout.flush()
       os._exit(EXIT_FAILURE)  # pylint: disable=protected-access
-    raise SystemExit(EXIT_CONFIG if isinstance(e, validation.ConfigError) else EXIT_FAILURE) from None
+    raise SystemExit(EXIT_CONFIG if isinstance(e, CONFIG_ERRORS) else EXIT_FAILURE) from None
 
 
 # Errors whose message says what to do, besides USER_ERRORS: printed without a traceback.

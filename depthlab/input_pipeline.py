@@ -35,6 +35,7 @@ import tensorflow_datasets as tfds
 # offline machine fails in seconds instead of retrying for minutes.
 DOWNLOAD_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu", "imagenette": "s3.amazonaws.com"}
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+DECODE_REPORT_EVERY = 10_000  # examples between progress lines of a first decode
 
 
 class DataNotFoundError(RuntimeError):
@@ -139,7 +140,13 @@ def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 def _read_split(name: str, split: str, data_dir: str, size: int = 0) -> Split:
   """Decodes every example of a split with tfds.data_source (resized to size x size if size)."""
   source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  examples = [source[i] for i in range(len(source))]
+  print(f"Decoding {name} {split}: {len(source)} images (once: the arrays are cached for later runs)...", flush=True)
+  examples, start = [], time.time()
+  for i in range(len(source)):
+    examples.append(source[i])
+    if (i + 1) % DECODE_REPORT_EVERY == 0 and i + 1 < len(source):
+      eta = (time.time() - start) / (i + 1) * (len(source) - i - 1)
+      print(f"  {i + 1}/{len(source)} decoded, ETA {eta:.0f}s", flush=True)
   image = lambda e: np.asarray(e["image"], np.uint8)
   images = np.stack([resize_and_center_crop(image(e), size) if size else image(e) for e in examples])
   labels = np.asarray([e["label"] for e in examples], np.int32)
@@ -179,13 +186,17 @@ def load_dataset(config: Any) -> Dataset:
   """Loads the train and eval splits named by `config` (the config's `dataset` field)."""
   check_augmentation(config)
   data_dir = resolve_data_dir(config.data_dir)
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise DataNotFoundError(
+      f"The TFDS data dir {data_dir} is a file, not a folder: set TFDS_DATA_DIR (or --config.dataset.data_dir) "
+      f"to the folder that holds {config.name}/."
+    )
   start, size = time.time(), stored_size(config)
   try:
     train = load_split(config.name, "train", data_dir, config.cache_dir, size)
-  except DataNotFoundError:
-    raise
   except Exception:  # pylint: disable=broad-except
-    # tfds.data_source raises all sorts when the data is missing; find out why.
+    train = None  # tfds.data_source raises all sorts when the data is missing: find out why, below
+  if train is None:  # outside the except: the reason is the message, not a chain of tracebacks
     ensure_prepared(config.name, data_dir, config.download)
     train = load_split(config.name, "train", data_dir, config.cache_dir, size)
   test = load_split(config.name, config.test_split, data_dir, config.cache_dir, size)

@@ -185,3 +185,11 @@ def test_eval_py_on_a_workdir_a_run_is_training_in_says_so_and_evaluates(finishe
   assert result.returncode == 0, result.stderr[-2000:]
   assert f"A run is training in {finished_run} (PID {holder.pid} on host" in result.stdout
   assert f"{finished_run} at step 4 on 1 device(s):" in result.stdout
+
+
+def test_eval_py_without_the_data_is_one_message_saying_what_to_set(finished_run, tmp_path):
+  (tmp_path / "empty").mkdir()
+  result = eval_py(f"--workdir={finished_run}", f"--data_dir={tmp_path / 'empty'}", "--num_devices=1")
+  assert result.returncode == cli.EXIT_CONFIG, result.stderr[-2000:]
+  assert result.stderr.startswith(f"Error: Dataset 'cifar10' is not prepared in {tmp_path / 'empty'}")
+  assert "Traceback" not in result.stderr and "TFDS_DATA_DIR" in result.stderr

@@ -1,6 +1,8 @@
 """The input pipeline: loading from TFDS, caching, splitting, and the on-device augmentation."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default
-from depthlab import input_pipeline
-from tests.conftest import real_cifar10_dir, requires_cifar10
+from depthlab import cli, input_pipeline
+from tests.conftest import REPO, config_flags, make_tiny_config, process_env, real_cifar10_dir, requires_cifar10
 
 
 def numpy_pad_crop_flip(images, offsets, flips, padding):
@@ -249,3 +251,25 @@ def test_real_cifar10_has_the_standard_splits(real_cache_dir):
   assert len(data.eval_splits["test"]) == 10_000 and data.num_classes == 10
   assert np.bincount(data.eval_splits["test"].labels).tolist() == [1000] * 10
   assert 0.4 < float(data.mean_image.mean()) < 0.55  # CIFAR-10's mean pixel is about 0.47
+
+
+@pytest.mark.parametrize("where", ["an empty folder", "a file"])
+def test_train_py_without_the_data_is_one_message_saying_what_to_set(tmp_path, where):
+  data_dir = tmp_path / "tensorflow_datasets"
+  data_dir.mkdir() if where == "an empty folder" else data_dir.write_text("")
+  config = make_tiny_config()  # dataset.download=False: offline, whatever this machine can reach
+  command = [
+    sys.executable,
+    "train.py",
+    "--config=configs/default.py",
+    *config_flags(config),
+    f"--workdir={tmp_path}/r",
+  ]
+  result = subprocess.run(
+    command, cwd=REPO, env=process_env(1, TFDS_DATA_DIR=str(data_dir)), capture_output=True, text=True
+  )
+  assert result.returncode == cli.EXIT_CONFIG, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and "already prepared" not in result.stderr
+  expected = "Dataset 'cifar10' is not prepared in" if where == "an empty folder" else "The TFDS data dir"
+  assert result.stderr.startswith(f"Error: {expected} {data_dir}")
+  assert "TFDS_DATA_DIR" in result.stderr
