@@ -170,6 +170,7 @@ class MetricWriter:
   ):
     self.active = active
     self.total_steps = config.total_steps
+    self._workdir, self._wandb_mode = workdir, "disabled"
     self._wandb_run = None
     if not active:
       return
@@ -190,7 +191,7 @@ class MetricWriter:
     self._start_wandb(workdir, config, run_name, num_params)
 
   def _start_wandb(self, workdir, config, run_name, num_params):
-    mode = resolve_wandb_mode(config.wandb.mode)
+    mode = self._wandb_mode = resolve_wandb_mode(config.wandb.mode)
     if mode == "disabled":
       return
     try:
@@ -314,4 +315,11 @@ class MetricWriter:
         self._wandb_run.finish(exit_code=1 if exc[0] else 0)
       except Exception as e:  # pylint: disable=broad-except
         print(f"wandb: finish failed ({e}).", file=sys.stderr, flush=True)
+      if (
+        self._wandb_mode == "offline"
+      ):  # every segment of a resumed run is a folder of its own, all with the run's one id
+        folders = os.path.join(self._workdir, "wandb", "offline-run-*")
+        print(
+          f"wandb is offline: upload this run (all its segments, as one run) with: wandb sync {folders}", flush=True
+        )
     return False

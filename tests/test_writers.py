@@ -49,15 +49,24 @@ def test_flat_config_uses_the_sweep_parameter_names():
   assert flat["config.lr_boundaries"] == [32_000, 48_000]
 
 
-def test_offline_run_writes_wandb_files(mock_cifar10, tiny_config, tmp_path, monkeypatch):
+def test_offline_run_writes_wandb_files_and_a_resume_continues_the_same_wandb_run(
+  mock_cifar10, tiny_config, tmp_path, monkeypatch, capsys
+):
   from depthlab import loop  # pylint: disable=g-import-not-at-top
 
   monkeypatch.setenv("WANDB_MODE", "offline")
   monkeypatch.setenv("WANDB_SILENT", "true")
-  tiny_config.wandb.mode = "auto"
+  tiny_config.wandb.mode, tiny_config.checkpoint_every_steps = "auto", 2
   loop.train_and_evaluate(tiny_config, str(tmp_path))
   runs = list((tmp_path / "wandb").glob("offline-run-*"))
   assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+  tiny_config.total_steps = 6  # the same run, resumed
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
+  run_id = (tmp_path / "wandb_run_id").read_text()
+  segments = sorted((tmp_path / "wandb").glob("offline-run-*"))
+  assert len(segments) == 2 and all(folder.name.endswith(f"-{run_id}") for folder in segments)
+  out = capsys.readouterr().out
+  assert f"upload this run (all its segments, as one run) with: wandb sync {tmp_path}/wandb/offline-run-*" in out
 
 
 class FakeWandbRun:
