@@ -92,7 +92,7 @@ def _missing_data_message(name: str, data_dir: str, why: str) -> str:
     f"Dataset {name!r} is not prepared in {data_dir} and {why}.\n"
     f"  - If a prepared copy exists elsewhere, point to it with TFDS_DATA_DIR=/path/to/tensorflow_datasets"
     f" or --config.dataset.data_dir=/path/to/tensorflow_datasets.\n"
-    f"  - Otherwise prepare it on a connected machine (needs tensorflow-cpu, in requirements.txt) with\n"
+    f"  - Otherwise prepare it on a connected machine (needs TensorFlow: pip install -e '.[prepare]') with\n"
     f"      {prepare_command(name, data_dir)}\n"
     f"    and copy {os.path.join(data_dir, name)} here."
   )
@@ -112,9 +112,7 @@ def ensure_prepared(name: str, data_dir: str, download: bool) -> None:
   try:
     builder.download_and_prepare(file_format="array_record")
   except ImportError as e:
-    raise DataNotFoundError(
-      f"Preparing {name} needs TensorFlow (CPU build): pip install -r requirements.txt ({e})."
-    ) from e
+    raise DataNotFoundError(f"Preparing {name} needs TensorFlow (CPU build): pip install -e '.[prepare]' ({e}).") from e
 
 
 def stored_size(config: Any) -> int:
