@@ -1,0 +1,60 @@
+"""benchmarks/warmup_jumps.py: the warm-up criterion read off runs' metrics (a jump of more than
+5 points in the 50-step mean training error after step 100, or a run at chance, fails it)."""
+
+import json
+
+import pytest
+
+from benchmarks import warmup_jumps
+from configs import default
+from depthlab import history
+
+
+def write_run(folder, shape, seed, error_at):
+  """A workdir as a run of sweeps/warmup_<shape>.yaml leaves it, its training error error_at(step)."""
+  config = default.get_config()
+  config.warmup_shape, config.seed, config.total_steps = shape, seed, 700
+  folder.mkdir(parents=True)
+  (folder / "config.json").write_text(json.dumps(config.to_dict(), default=list))
+  lines = []
+  for step in range(10, 701, 10):
+    error = error_at(step)
+    lines.append({"step": step, "train_error": error, "train_loss": 2.3 * error / 0.9, "lr": 0.1})
+  lines[-1].update(test_error=error, test_loss=1.0)
+  (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+  return folder
+
+
+def smooth(step):
+  return 0.9 - 0.5 * step / 700
+
+
+def jump_after_400(step):
+  return smooth(step) + (0.2 if 400 < step <= 500 else 0.0)
+
+
+def test_a_jump_after_the_warm_up_fails_and_a_smooth_descent_meets_the_criterion(tmp_path):
+  write_run(tmp_path / "constant" / "resnet56", "constant", 0, jump_after_400)
+  write_run(tmp_path / "linear" / "resnet56", "linear", 0, smooth)
+  runs, _ = history.load_runs([str(tmp_path)])
+  verdicts = {v.shape: v for v in map(warmup_jumps.judge, runs)}
+  jumped, smooth_run = verdicts["constant"], verdicts["linear"]
+  assert jumped.largest_rise == pytest.approx(0.2 - 0.5 * 50 / 700, abs=0.01) and 440 <= jumped.rise_at <= 460
+  assert not jumped.meets and smooth_run.meets and smooth_run.largest_rise == 0.0
+
+
+def test_a_run_at_chance_fails_the_criterion_without_a_jump(tmp_path):
+  write_run(tmp_path / "run", "linear", 0, lambda step: 0.9)
+  (verdict,) = [warmup_jumps.judge(run) for run in history.load_runs([str(tmp_path)])[0]]
+  assert verdict.at_chance and verdict.largest_rise == 0.0 and not verdict.meets
+
+
+def test_the_command_prints_a_row_per_run_and_the_verdict_per_shape(tmp_path, capsys):
+  for seed in (0, 1):
+    write_run(tmp_path / "constant" / f"s{seed}", "constant", seed, jump_after_400)
+    write_run(tmp_path / "linear" / f"s{seed}", "linear", seed, smooth)
+  assert warmup_jumps.main([str(tmp_path / "constant"), str(tmp_path / "linear"), f"--plot={tmp_path / 'w.png'}"]) == 0
+  out = capsys.readouterr().out
+  assert out.count("| constant | resnet56 |") == 2 and out.count("| linear | resnet56 |") == 2
+  assert "constant: 0 of 2 runs meet the criterion" in out and "linear: 2 of 2 runs meet the criterion" in out
+  assert (tmp_path / "w.png").stat().st_size > 10_000
