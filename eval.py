@@ -62,8 +62,9 @@ def run(argv):
       )
     result = compare(argv[2:], FLAGS.out, FLAGS.step)  # prints each run it skips, and why
     print(result["table"])
+    untested = f" ({len(result['untested'])} with no test error yet: training error only)" if result["untested"] else ""
     skipped = f", {len(result['skipped'])} skipped (listed above)" if result["skipped"] else ""
-    print(f"{counted(result['runs'], 'run')} compared{skipped}; wrote " + ", ".join(result["paths"]))
+    print(f"{counted(result['runs'], 'run')} compared{untested}{skipped}; wrote " + ", ".join(result["paths"]))
     return
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")

@@ -4,8 +4,9 @@ shared y axis, a dotted line where the learning rate changes; PNG and PDF), a Ma
 in the form of Table 6 (mean ± std where several seeds ran, as separate runs or as one run of
 config.num_seeds; their test error's spread is a band in the figure), and, for runs with
 config.log_grad_norms, each block's gradient norm from input to output. `compare` draws and
-writes them all, and names each run it leaves out and why (no test error yet, a missing or
-damaged config.json or metrics.jsonl)."""
+writes them all, and names each run it leaves out and why (no metrics yet, a missing or damaged
+config.json or metrics.jsonl), and each it can draw with its training error only (no test
+error yet)."""
 
 from collections.abc import Sequence
 import os
@@ -76,7 +77,13 @@ def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
     for colour, net, group in nets:
       seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
       steps, train_error = mean_curve(group, "train_error")
-      ax.plot(steps, 100 * train_error, "--", color=colour, linewidth=1)
+      evaluated = [run for run in group if any("test_error" in line for line in run.lines)]
+      label = None if evaluated else f"{net}{seeds}: no test error yet"
+      ax.plot(steps, 100 * train_error, "--", color=colour, linewidth=1, label=label)
+      if not evaluated:
+        continue
+      group = evaluated
+      seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
       steps, test_errors = common_curves(group, "test_error")
       test_error = test_errors.mean(axis=0)
       if len(group) > 1:  # the seeds' spread: mean ± sample std
@@ -162,13 +169,15 @@ def results_table(runs: Sequence[RunHistory]) -> str:
     config = group[0].config
     depth = config.model.get("depth", "")
     paper = PAPER_TEST_ERROR.get(depth) if net == f"resnet{depth}" else None
-    final = lambda key, group=group: [run.curve(key)[1][-1] for run in group]
-    best = [run.curve("test_error")[1].min() for run in group]
+    final = lambda key, runs: [run.curve(key)[1][-1] for run in runs]
+    evaluated = [run for run in group if any("test_error" in line for line in run.lines)]
+    test = lambda values, evaluated=evaluated: _percent(values) if evaluated else "- (not evaluated yet)"
     params = f"{group[0].num_params / 1e6:.2f}M" if group[0].num_params else "-"
     steps = max(int(run.lines[-1]["step"]) for run in group)
     rows.append(
-      f"| {net} | {depth} | {params} | {len(group)} | {steps} | {_percent(final('train_error'))} | "
-      f"{_percent(final('test_error'))} | {_percent(best)} | {paper if paper else '-'} |"
+      f"| {net} | {depth} | {params} | {len(group)} | {steps} | {_percent(final('train_error', group))} | "
+      f"{test(final('test_error', evaluated))} | {test([run.curve('test_error')[1].min() for run in evaluated])} "
+      f"| {paper if paper else '-'} |"
     )
   return "\n".join(rows)
 
@@ -179,30 +188,33 @@ def counted(number: int, noun: str) -> str:
 
 
 def not_evaluated(run: RunHistory, step: int | None) -> str | None:
-  """Why a run has no test error to compare (up to `step`), or None if it has one."""
+  """Why a run has no test error (up to `step`), or None if it has one."""
   if any("test_error" in line for line in run.lines):
     return None
   if step is not None:
     return f"no test error logged up to step {step} (--step)."
-  if not run.lines:
-    return "no metrics logged yet."
   last, every = run.lines[-1]["step"], run.config.eval_every_steps
   return f"not evaluated yet: no test error logged up to step {last} (it evaluates every {every} steps and at its end)."
 
 
 def compare(sources: Sequence[str], out: str | None = None, step: int | None = None) -> dict[str, Any]:
   """Draws the runs' curves and writes their table; returns the paths written, the table, the
-  number of runs compared and the runs skipped ('source: why', each also printed on stderr)."""
+  number of runs compared, the runs skipped and those drawn without a test error ('source: why',
+  each also printed on stderr). A run not evaluated yet is drawn with its training error only."""
   found, skipped = load_runs(sources)
-  runs = []
+  runs, untested = [], []
   for run in [up_to_step(run, step) for run in found]:
+    if not run.lines:
+      skipped.append(f"{run.source}: no metrics logged" + (f" up to step {step} (--step)." if step else " yet."))
+      continue
+    runs.append(run)
     why = not_evaluated(run, step)
     if why:
-      skipped.append(f"{run.source}: {why}")
-    else:
-      runs.append(run)
+      untested.append(f"{run.source}: {why}")
   for line in skipped:
     print(f"Skipped {line}", file=sys.stderr, flush=True)
+  for line in untested:
+    print(f"Training error only: {line}", file=sys.stderr, flush=True)
   if not runs:
     raise FileNotFoundError(
       f"No run to compare in {', '.join(sources)}: each run found was skipped, for the reason listed above."
@@ -216,4 +228,4 @@ def compare(sources: Sequence[str], out: str | None = None, step: int | None = N
   grad_norms = draw_grad_norms(runs)
   if grad_norms is not None:
     paths += save_figure(grad_norms, f"{out}_grad_norms.png")
-  return {"table": table, "paths": paths, "runs": len(runs), "skipped": skipped}
+  return {"table": table, "paths": paths, "runs": len(runs), "skipped": skipped, "untested": untested}

@@ -230,20 +230,24 @@ def test_compare_names_each_run_it_leaves_out_and_why_and_counts_only_those_it_c
 
   result = eval_py_compare(str(root), f"--out={tmp_path / 'fig'}")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "1 run compared, 5 skipped (listed above); wrote " in result.stdout
+  assert (
+    "2 runs compared (1 with no test error yet: training error only), 4 skipped (listed above); wrote " in result.stdout
+  )
   skipped = sorted(line for line in result.stderr.splitlines() if line.startswith("Skipped "))
-  assert len(skipped) == 5 and "Traceback" not in result.stderr
+  assert len(skipped) == 4 and "Traceback" not in result.stderr
   assert skipped[0].startswith(f"Skipped {root / 'bad_metrics'}: {metrics}: line 1 is not a metrics line")
   assert skipped[1].startswith(f"Skipped {root / 'cut_config'}: {config} is damaged (")
-  assert skipped[2] == (
-    f"Skipped {root / 'half'}: not evaluated yet: no test error logged up to step 100 "
-    "(it evaluates every 1000 steps and at its end)."
-  )
-  assert skipped[3] == f"Skipped {root / 'no_config'}: {root / 'no_config' / 'config.json'} not found: is " + (
+  assert skipped[2] == f"Skipped {root / 'no_config'}: {root / 'no_config' / 'config.json'} not found: is " + (
     f"{root / 'no_config'} the workdir of a run?"
   )
-  assert skipped[4] == f"Skipped {root / 'no_metrics'}: no metrics.jsonl (nothing logged yet, or it was removed)."
-  assert table_rows(open(tmp_path / "fig.md").read()).keys() == {"resnet20"}
+  assert skipped[3] == f"Skipped {root / 'no_metrics'}: no metrics.jsonl (nothing logged yet, or it was removed)."
+  # A run stopped before its first test is drawn with what it has: its training error.
+  assert (
+    f"Training error only: {root / 'half'}: not evaluated yet: no test error logged up to step 100 "
+    "(it evaluates every 1000 steps and at its end)."
+  ) in result.stderr.splitlines()
+  rows = table_rows(open(tmp_path / "fig.md").read())
+  assert rows.keys() == {"resnet20", "resnet56"} and "not evaluated yet" in open(tmp_path / "fig.md").read()
   assert contents(root) == before
 
 
@@ -253,7 +257,7 @@ def test_compare_with_every_run_left_out_says_so_in_one_line_and_exits_1(tmp_pat
   result = eval_py_compare(str(tmp_path / "runs"), "--step=50")
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
   assert result.stderr.strip().splitlines() == [
-    f"Skipped {tmp_path / 'runs' / 'half'}: no test error logged up to step 50 (--step).",
+    f"Skipped {tmp_path / 'runs' / 'half'}: no metrics logged up to step 50 (--step).",
     f"Error: No run to compare in {tmp_path / 'runs'}: each run found was skipped, for the reason listed above.",
   ]
   assert contents(tmp_path) == before  # no figure, no table
