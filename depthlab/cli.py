@@ -4,6 +4,7 @@ command-line mistake and 1 for a run that could not go on."""
 
 from collections.abc import Iterator
 import contextlib
+import logging as python_logging
 import os
 import sys
 import threading
@@ -173,9 +174,12 @@ def libraries_logged_to(path: str) -> Iterator[None]:
   of the console, which keeps to progress and our messages. After an error they stay there
   until the process ends, since the libraries' threads go on printing until then."""
   handler, console = logging.get_absl_handler().python_handler, sys.stderr
-  absl_stream = handler.stream
+  absl_stream, raise_exceptions = handler.stream, python_logging.raiseExceptions
   log = open(path, "a", buffering=1)  # pylint: disable=consider-using-with
   handler.stream, sys.stderr = log, ConsoleForMainThread(console, log)
+  # A log line that cannot be written (a full disk) is dropped, not told on the console as
+  # "--- Logging error ---" and a traceback.
+  python_logging.raiseExceptions = False
   yield
-  handler.stream, sys.stderr = absl_stream, console
+  handler.stream, sys.stderr, python_logging.raiseExceptions = absl_stream, console, raise_exceptions
   log.close()
