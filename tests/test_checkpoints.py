@@ -1,6 +1,7 @@
 """Runs that survive: resume equals an uninterrupted run, preemption, faults, refusals."""
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -419,3 +420,25 @@ def test_ctrl_c_is_answered_at_once_and_stops_the_run_within_a_few_steps(tmp_pat
   assert process.returncode == 128 + signal.SIGINT
   assert f"Second signal 2: exiting now, without saving; the newest checkpoint on disk is step {step}" in out
   assert "Stopped by signal" not in out and checkpoints.steps_on_disk(tmp_path) == [step]
+
+
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "resume")
+
+
+@requires_cpu
+def test_a_checkpoint_written_by_an_older_version_resumes_to_the_steps_it_would_have_taken(tmp_path):
+  """tests/fixtures/resume holds step 2 of a tiny run, written by the code before the Trainer
+  (tests/record_resume_fixture.py), and what that run logged at step 4: train.py resumes it
+  today and logs the same step 4."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(FIXTURE, workdir)
+  with open(os.path.join(workdir, "step4_metrics.json")) as f:
+    recorded = json.load(f)
+  config = make_tiny_config()
+  config.checkpoint_every_steps = 2
+  config.keep_checkpoints = 5
+  subprocess.run(train_py(config, workdir), cwd=REPO, env=process_env(1), check=True, capture_output=True)
+  assert [line["step"] for line in read_metrics(workdir)] == [4]  # resumed at step 2, not trained afresh
+  resumed = read_metrics(workdir)[-1]
+  for key in ("train_loss", "train_error", "test_loss", "test_error", "lr"):
+    assert resumed[key] == pytest.approx(recorded[key], rel=1e-6, abs=0), key
