@@ -30,7 +30,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from benchmarks import bench
-from depthlab import checkpoints, cli, collapse, naming, state, validation, writers
+from depthlab import cli, collapse, naming, run_files, state, validation, writers
 from nets import cpu_conv
 
 EARLY_STEPS = 20  # the window in which the paper's recipe blows up (largest loss over steps 1-20)
@@ -66,7 +66,7 @@ def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def same_config(saved: dict[str, Any], config: ml_collections.ConfigDict) -> bool:
   """True if a config read back from --out is `config` (fields added since count as their defaults)."""
-  return json.loads(json.dumps(checkpoints.with_defaults(saved), default=list)) == as_json(config)
+  return json.loads(json.dumps(run_files.with_defaults(saved), default=list)) == as_json(config)
 
 
 def train_curves(config: ml_collections.ConfigDict, steps: int) -> dict[str, np.ndarray]:
@@ -102,7 +102,7 @@ def run_summary(loss: np.ndarray, error: np.ndarray, num_classes: int = 10) -> d
 
 def read_results(path: str) -> list[dict[str, Any]]:
   """The nets measured so far in `path` (a line cut short by a crash is skipped)."""
-  return writers.read_json_lines(path, "net", "measured net") if os.path.exists(path) else []
+  return run_files.read_json_lines(path, "net", "measured net") if os.path.exists(path) else []
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
@@ -130,7 +130,7 @@ def measure(
   config and steps, else trained and appended to it."""
   done = read_results(out)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  writers.write_json_lines(out, done)  # without a torn last line, so that appends start lines of their own
+  run_files.write_json_lines(out, done)  # without a torn last line, so that appends start lines of their own
   results = []
   for depth, residual in nets_to_train:
     config = net_config(base, depth, residual)

@@ -22,8 +22,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from configs import default
-from depthlab import parallel, validation, writers
+from depthlab import parallel, run_files, validation
 
 # The fields a run cannot change when it resumes: they change the model or the data.
 MUST_MATCH = (
@@ -82,30 +81,10 @@ def verify(state: Any, record: dict[str, Any]) -> None:
     raise CorruptCheckpointError(f"it holds NaN or infinite values in {', '.join(bad[:3])}")
 
 
-def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-  """A saved config with the fields it lacks, at every depth, set to their defaults: a run
-  saved before a field existed was trained as its default says. The model's defaults are
-  those of the default net, so they fill in only a saved model of that net."""
-  defaults = default.get_config().to_dict()
-  if saved.get("model", {}).get("name", defaults["model"]["name"]) != defaults["model"]["name"]:
-    del defaults["model"]
-  return _merged(defaults, saved)
-
-
-def _merged(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
-  return {
-    **defaults,
-    **{
-      k: _merged(defaults[k], v) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
-      for k, v in saved.items()
-    },
-  }
-
-
 def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """'field: saved -> now' for each MUST_MATCH field that differs."""
-  before = writers.flatten_config(ml_collections.ConfigDict(with_defaults(saved)), prefix="")
-  now = writers.flatten_config(config, prefix="")
+  before = run_files.flatten_config(ml_collections.ConfigDict(run_files.with_defaults(saved)), prefix="")
+  now = run_files.flatten_config(config, prefix="")
   fields = sorted(k for k in set(before) | set(now) if k.startswith(MUST_MATCH))
   return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in fields if before.get(k) != now.get(k)]
 
@@ -168,7 +147,7 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
       )
     except OSError as e:
-      raise writers.storage_error("checkpoints", self.directory, e) from e
+      raise run_files.storage_error("checkpoints", self.directory, e) from e
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -208,7 +187,7 @@ class Checkpoints:
           os.fsync(f.fileno())
         os.replace(f"{path}.tmp", path)  # all or nothing: a torn final.json would read as no result
       except OSError as e:
-        raise writers.storage_error(f"the final metrics of step {step}", path, e) from e
+        raise run_files.storage_error(f"the final metrics of step {step}", path, e) from e
     parallel.sync_processes(f"final_{step}")
 
   def restore(
@@ -277,7 +256,7 @@ class Checkpoints:
     except Exception as e:  # pylint: disable=broad-except
       raise self._storage_error(None, e) from e
 
-  def _storage_error(self, step: int | None, error: BaseException) -> writers.StorageError:
+  def _storage_error(self, step: int | None, error: BaseException) -> run_files.StorageError:
     """What a failed save says: the folder and the cause, in one line (the cause of an
     OSError deep in orbax is found in the exception's chain)."""
     cause = error
@@ -287,7 +266,7 @@ class Checkpoints:
     what = f"checkpoints (noticed saving step {step})" if step is not None else "checkpoints"
     saved = steps_on_disk(os.path.dirname(self.directory))
     last = f"The newest checkpoint on disk is step {saved[-1]}" if saved else "No checkpoint is on disk yet"
-    return writers.storage_error(what, self.directory, cause or error, saved=f"{last}. ")
+    return run_files.storage_error(what, self.directory, cause or error, saved=f"{last}. ")
 
   def close(self) -> None:
     self._manager.close()

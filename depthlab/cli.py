@@ -13,7 +13,7 @@ from absl import flags, logging
 import ml_collections
 from ml_collections import config_flags
 
-from depthlab import checkpoints, input_pipeline, parallel, validation, workdir_lock, writers
+from depthlab import checkpoints, input_pipeline, parallel, run_files, validation, workdir_lock
 from depthlab.collapse import TrainingCollapsed
 from depthlab.naming import default_workdir
 
@@ -106,8 +106,8 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
 USER_ERRORS = (
   validation.ConfigError,
   input_pipeline.DataNotFoundError,
-  writers.StorageError,
-  writers.MetricsFileError,
+  run_files.StorageError,
+  run_files.MetricsFileError,
   workdir_lock.WorkdirInUseError,
 )
 # What the user sets right (exit EXIT_CONFIG); every other error of USER_ERRORS stopped a run (EXIT_FAILURE).
@@ -124,7 +124,7 @@ def user_errors_as_messages(debug: bool = False, also: tuple[type[BaseException]
     if debug:
       raise
     print(f"Error: {e}", file=sys.stderr, flush=True)
-    if isinstance(e, writers.StorageError):
+    if isinstance(e, run_files.StorageError):
       # A failed orbax save leaves threads that wait ~300 s for it before Python may exit.
       sys.stdout.flush()
       os._exit(EXIT_FAILURE)  # pylint: disable=protected-access

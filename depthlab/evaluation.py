@@ -8,50 +8,17 @@ import os
 from typing import Any
 
 import jax
-import ml_collections
 
-from depthlab import checkpoints, parallel, run_setup
+from depthlab import checkpoints, parallel, run_files, run_setup
 from depthlab.loop import make_evaluator
 from depthlab.state import TrainState
-
-
-class RunFileError(ValueError):
-  """A run's config.json that does not read back as the JSON object train.py wrote."""
-
-
-def read_config_json(workdir: str) -> dict[str, Any]:
-  """A run's config.json as train.py wrote it (the config's fields and num_params).
-
-  FileNotFoundError if there is none; a RunFileError naming it if it is damaged.
-  """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir} the workdir of a run?")
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-    if not isinstance(saved, dict):
-      raise ValueError(f"a JSON {type(saved).__name__}, not an object")
-  except ValueError as e:  # json's errors and UnicodeDecodeError are ValueErrors
-    raise RunFileError(
-      f"{path} is damaged ({e}): put back a good copy of the run's config "
-      "(train.py writes it again when it resumes an unfinished run)."
-    ) from e
-  return saved
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was trained with, from its config.json (fields it lacks, at any depth: the defaults)."""
-  saved = read_config_json(workdir)
-  saved.pop("num_params", None)
-  return ml_collections.ConfigDict(checkpoints.with_defaults(saved))
 
 
 def evaluate_checkpoint(
   workdir: str, step: int | None = None, include_train: bool = False, num_devices: int = 0, data_dir: str | None = None
 ) -> dict[str, Any]:
   """Loss and error of a checkpoint on the test split (and the train split), as a dict."""
-  config = load_run_config(workdir)
+  config = run_files.load_run_config(workdir)
   if not checkpoints.has_checkpoints(workdir):  # before orbax, which would create the folder
     raise FileNotFoundError(
       f"{workdir} holds no checkpoint (nothing in {os.path.join(workdir, 'checkpoints')}): "

@@ -11,9 +11,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from depthlab import checkpoints, writers
-from depthlab.evaluation import RunFileError, load_run_config, read_config_json
+from depthlab import run_files
 from depthlab.naming import net_name
+from depthlab.run_files import RunFileError, load_run_config, read_config_json
 from depthlab.state import seeds
 
 
@@ -72,7 +72,7 @@ def load_local_runs(path: str) -> tuple[list[RunHistory], list[str]]:
     if "metrics.jsonl" in files or "config.json" in files:
       try:
         runs.append(load_local_run(folder))
-      except (FileNotFoundError, RunFileError, writers.MetricsFileError) as e:
+      except (FileNotFoundError, RunFileError, run_files.MetricsFileError) as e:
         skipped.append(f"{folder}: {e}")
   return runs, skipped
 
@@ -84,7 +84,7 @@ def load_local_run(workdir: str) -> RunHistory:
   if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
     raise FileNotFoundError("no metrics.jsonl (nothing logged yet, or it was removed).")
   num_params = read_config_json(workdir).get("num_params")
-  return RunHistory(config, writers.read_metrics(workdir), num_params, workdir)
+  return RunHistory(config, run_files.read_metrics(workdir), num_params, workdir)
 
 
 def load_wandb_sweep(sweep_path: str) -> list[RunHistory]:
@@ -108,7 +108,7 @@ def load_wandb_sweep(sweep_path: str) -> list[RunHistory]:
 
 def train_config_of(wandb_config: dict[str, Any]) -> ml_collections.ConfigDict:
   """A run's config from its wandb config (flat 'config.model.depth' keys), the fields it lacks
-  filled in as a saved config's are (checkpoints.with_defaults)."""
+  filled in as a saved config's are (run_files.with_defaults)."""
   saved = {}
   for key, value in wandb_config.items():
     if key.startswith("config.") and not isinstance(value, dict):
@@ -117,7 +117,7 @@ def train_config_of(wandb_config: dict[str, Any]) -> ml_collections.ConfigDict:
       for parent in parents:
         fields = fields.setdefault(parent, {})
       fields[name] = value
-  return ml_collections.ConfigDict(checkpoints.with_defaults(saved))
+  return ml_collections.ConfigDict(run_files.with_defaults(saved))
 
 
 def load_runs(sources: Sequence[str]) -> tuple[list[RunHistory], list[str]]:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from depthlab import checkpoints, input_pipeline, parallel, run_setup, validation, writers
+from depthlab import checkpoints, input_pipeline, parallel, run_files, run_setup, validation, writers
 from depthlab.collapse import CollapseWatch, TrainingCollapsed, collapse_message
 from depthlab.naming import run_name
 from depthlab.state import TrainState, learning_rate_schedule, seeds
@@ -141,7 +141,7 @@ def train_and_evaluate(
   data_parallel = data_parallel or run_setup.training_devices(config, workdir)
   is_main = jax.process_index() == 0
   if is_main:
-    writers.check_writable(workdir)  # fail now, not after loading the data and compiling
+    run_files.check_writable(workdir)  # fail now, not after loading the data and compiling
   if config.restart and is_main:  # a new run: new checkpoints, metrics and wandb run
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
     for name in ("metrics.jsonl", "wandb_run_id"):
@@ -316,7 +316,7 @@ def train_loop(
     if first_step == config.total_steps:  # resumed after the final checkpoint, before its evaluation was recorded
       evaluated = evaluate(state)
       line = {k: v for k, v in evaluated.items() if not k.endswith("_examples")}
-      if writer.active and all(logged["step"] < step for logged in writers.read_metrics(workdir)):
+      if writer.active and all(logged["step"] < step for logged in run_files.read_metrics(workdir)):
         writer.write(step, line)
     final = {
       **line,

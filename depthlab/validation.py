@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 
 from configs import default
-from depthlab import input_pipeline, parallel, writers
+from depthlab import input_pipeline, parallel, run_files, writers
 import nets
 from nets import cifar_resnet, cpu_conv, preact_resnet
 
@@ -76,7 +76,7 @@ def did_you_mean(name: str, known: list[str]) -> str:
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return writers.flatten_config(config, prefix="")
+  return run_files.flatten_config(config, prefix="")
 
 
 def _net_fields(name: str) -> dict[str, dataclasses.Field]:

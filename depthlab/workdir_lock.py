@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 
-from depthlab import parallel, writers
+from depthlab import parallel, run_files
 
 LOCK_FILE = "run.lock"
 HELD = (errno.EACCES, errno.EAGAIN)  # what lockf raises when another process holds the lock
@@ -78,7 +78,7 @@ def hold(workdir: str, wait_seconds: float = 2.0) -> Iterator[None]:
   raises WorkdirInUseError naming the holder. Creates the workdir (a StorageError if it cannot)."""
   fd, refusal = None, ""
   if jax.process_index() == 0:
-    writers.check_writable(workdir)
+    run_files.check_writable(workdir)
     path = os.path.join(workdir, LOCK_FILE)
     try:
       fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -90,7 +90,7 @@ def hold(workdir: str, wait_seconds: float = 2.0) -> Iterator[None]:
       if fd is not None:
         os.close(fd)
       if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-        raise writers.storage_error("the workdir's lock", path, e) from e
+        raise run_files.storage_error("the workdir's lock", path, e) from e
       fd = None  # a filesystem without locks: warn, and train unlocked
       print(
         f"Warning: {workdir} is on a filesystem that cannot lock files ({e.strerror}); nothing stops a "

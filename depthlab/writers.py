@@ -16,48 +16,9 @@ import uuid
 
 import ml_collections
 
+from depthlab import run_files
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-
-
-class StorageError(OSError):
-  """A run's files cannot be written (out of space, an unwritable or vanished folder): one
-  message that names the path and the cause, for the user rather than a traceback."""
-
-
-def storage_error(what: str, path: str, error: BaseException, saved: str = "") -> StorageError:
-  """A StorageError saying that `what` could not be written to `path`, and why; `saved`: what
-  is safe on disk, as a sentence."""
-  cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
-  return StorageError(
-    f"Cannot write {what} to {path}: {cause}. {saved}Free space there, make it writable, "
-    "or use another --workdir; then run the same command again to resume."
-  )
-
-
-def check_writable(folder: str) -> None:
-  """Creates `folder` and writes a probe file in it, or raises a StorageError: a run finds
-  out at start, not at its first checkpoint, that it cannot write."""
-  probe = os.path.join(folder, f".write_test_{os.getpid()}")
-  try:
-    if os.path.exists(folder) and not os.path.isdir(folder):
-      raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
-    os.makedirs(folder, exist_ok=True)
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise storage_error("the run's files", folder, e) from e
-
-
-def flatten_config(config: ml_collections.ConfigDict, prefix: str = "config.") -> dict[str, Any]:
-  """{'config.model.depth': 56, ...}: the names sweeps use for the same fields."""
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      flat.update(flatten_config(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return flat
 
 
 def has_wandb_credentials(environ: Mapping[str, str] = os.environ, netrc_path: str | None = None) -> bool:
@@ -91,71 +52,6 @@ def format_duration(seconds: float) -> str:
   return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-class MetricsFileError(ValueError):
-  """A metrics.jsonl that is damaged beyond a torn last line."""
-
-
-def read_metrics_file(path: str) -> list[dict[str, float]]:
-  """The lines of a metrics.jsonl, in order (see `read_json_lines`)."""
-  return read_json_lines(path, "step", "metrics line")
-
-
-def read_json_lines(path: str, key: str, what: str) -> list[dict[str, Any]]:
-  """The lines of a file of JSON objects, one a line, each holding `key`, appended to as work is
-  done (metrics.jsonl, a benchmark's results).
-
-  A crash or a full disk during a write leaves at most one incomplete last line: it is
-  skipped with a warning naming the file and the line. A bad line anywhere else is a
-  MetricsFileError naming them.
-  """
-  with open(path, "rb") as f:
-    raw_lines = f.read().split(b"\n")
-  numbered = [(number, raw) for number, raw in enumerate(raw_lines, 1) if raw.strip()]
-  lines = []
-  for i, (number, raw) in enumerate(numbered):
-    try:
-      line = json.loads(raw)
-      if not isinstance(line, dict) or key not in line:
-        raise ValueError(f"not a {what}")
-    except ValueError as e:  # UnicodeDecodeError and json's errors are ValueErrors
-      if i == len(numbered) - 1:
-        print(f"{path}: line {number} is incomplete (a write cut short); skipping it.", file=sys.stderr, flush=True)
-        break
-      raise MetricsFileError(
-        f"{path}: line {number} is not a {what} ({e}: {raw[:80]!r}); "
-        "only the last line may be incomplete. Remove or repair that line."
-      ) from e
-    lines.append(line)
-  return lines
-
-
-def read_metrics(workdir: str) -> list[dict[str, float]]:
-  """The lines of a run's metrics.jsonl, in order (see read_metrics_file)."""
-  return read_metrics_file(os.path.join(workdir, "metrics.jsonl"))
-
-
-def keep_lines_up_to(path: str, step: int) -> None:
-  """Drops the lines of a metrics.jsonl after `step` (a resumed run writes them again) and an
-  incomplete last line (so that the next append starts a line of its own)."""
-  if not os.path.exists(path):
-    if step:
-      print(
-        f"Warning: {path} is missing: the metrics of steps 1-{step} are lost (the checkpoint of step {step} "
-        f"holds the model, not its history). The run goes on and logs from step {step + 1}.",
-        file=sys.stderr,
-        flush=True,
-      )
-    return
-  write_json_lines(path, [line for line in read_metrics_file(path) if line["step"] <= step])
-
-
-def write_json_lines(path: str, lines: list[dict[str, Any]]) -> None:
-  """Replaces the file with these lines, all or nothing (a torn tail goes with the old file)."""
-  with open(f"{path}.tmp", "w") as f:
-    f.writelines(json.dumps(line) + "\n" for line in lines)
-  os.replace(f"{path}.tmp", path)
-
-
 class MetricWriter:
   """Writes metrics lines to metrics.jsonl, the console and wandb (a context manager)."""
 
@@ -180,12 +76,12 @@ class MetricWriter:
       with open(f"{self._paths[0]}.tmp", "w") as f:
         json.dump({**config.to_dict(), "num_params": num_params}, f, indent=2, default=str)
       os.replace(f"{self._paths[0]}.tmp", self._paths[0])
-      keep_lines_up_to(self._paths[1], first_step)
+      run_files.keep_lines_up_to(self._paths[1], first_step)
       # One os.write per line on an O_APPEND descriptor: a crash or full disk can cut
       # only the line being written, never interleave or reorder lines.
       self._jsonl = os.open(self._paths[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as e:
-      raise storage_error("config.json and metrics.jsonl", workdir, e) from e
+      raise run_files.storage_error("config.json and metrics.jsonl", workdir, e) from e
     resumed = f" (resuming at step {first_step})" if first_step else ""
     print(f"{run_name}: {num_params:,} parameters; writing to {workdir}{resumed}", flush=True)
     self._start_wandb(workdir, config, run_name, num_params)
@@ -208,7 +104,7 @@ class MetricWriter:
         name=run_name,
         group=config.wandb.group or config.experiment or None,
         resume="allow",
-        config=flatten_config(config),
+        config=run_files.flatten_config(config),
         mode=mode,
         dir=workdir,
         **where,
@@ -247,7 +143,7 @@ class MetricWriter:
       if os.write(self._jsonl, data) < len(data):
         raise OSError(errno.ENOSPC, "a write was cut short (is the disk full?)")
     except OSError as e:
-      raise storage_error(f"the metrics of step {step}", self._paths[1], e) from e
+      raise run_files.storage_error(f"the metrics of step {step}", self._paths[1], e) from e
     if self._wandb_run is not None:
       try:
         self._wandb_run.log(dict(metrics), step=step)
@@ -289,7 +185,7 @@ class MetricWriter:
       return
     for path in self._paths:
       if not os.path.exists(path):
-        raise storage_error(
+        raise run_files.storage_error(
           os.path.basename(path),
           os.path.dirname(path),
           FileNotFoundError(errno.ENOENT, "it was deleted during the run"),

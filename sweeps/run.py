@@ -45,6 +45,7 @@ from depthlab import (
   checkpoints,  # pylint: disable=g-import-not-at-top,wrong-import-position
   cli,  # pylint: disable=g-import-not-at-top,wrong-import-position
   naming,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  run_files,
   validation,  # pylint: disable=g-import-not-at-top,wrong-import-position
   workdir_lock,  # pylint: disable=g-import-not-at-top,wrong-import-position
   writers,  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -337,8 +338,8 @@ def final_line(workdir: str) -> dict[str, float]:
   if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
     return {}
   try:
-    lines = writers.read_metrics(workdir)
-  except writers.MetricsFileError as e:  # one damaged run leaves the others' table
+    lines = run_files.read_metrics(workdir)
+  except run_files.MetricsFileError as e:  # one damaged run leaves the others' table
     print(e, file=sys.stderr, flush=True)
     return {}
   evaluated = [line for line in lines if "test_error" in line]

@@ -21,7 +21,7 @@ import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from configs import default  # pylint: disable=g-import-not-at-top
-from depthlab import cli, writers  # pylint: disable=g-import-not-at-top
+from depthlab import cli, run_files  # pylint: disable=g-import-not-at-top
 
 # Many tests compile the same tiny train step; compile it once per machine.
 jax.config.update(
@@ -110,7 +110,7 @@ MOCK_DATA_RUN = os.path.join(REPO, "tests", "mock_data_run.py")
 
 def config_flags(config) -> list[str]:
   """The --config.<field>=<value> flags that make configs/default.py into `config`."""
-  defaults, wanted = writers.flatten_config(default.get_config()), writers.flatten_config(config)
+  defaults, wanted = run_files.flatten_config(default.get_config()), run_files.flatten_config(config)
   return [f"--{k}={v}" for k, v in wanted.items() if v != defaults.get(k)]
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from depthlab import checkpoints, cli, loop
+from depthlab import checkpoints, cli, loop, run_files
 from depthlab import state as state_lib
-from depthlab.writers import read_metrics
+from depthlab.run_files import read_metrics
 from tests.conftest import make_tiny_config, process_env, requires_cpu, train_py
 from tests.test_train import REPO
 
@@ -147,7 +147,7 @@ def test_a_config_saved_before_a_nested_field_existed_gets_default_py_s_value(ti
     ("model", "zero_init_residual"),
   ):
     del saved[section][field]
-  filled = checkpoints.with_defaults(saved)
+  filled = run_files.with_defaults(saved)
   defaults = default.get_config()
   assert filled["dataset"] == {
     **saved["dataset"],
@@ -158,7 +158,7 @@ def test_a_config_saved_before_a_nested_field_existed_gets_default_py_s_value(ti
   assert filled["model"]["zero_init_residual"] == defaults.model.zero_init_residual
   # Another net's model fields are its own: none of the default net's are added.
   lenet = {**saved, "model": {"name": "lenet5", "sparse_c3": True}}
-  assert checkpoints.with_defaults(lenet)["model"] == {"name": "lenet5", "sparse_c3": True}
+  assert run_files.with_defaults(lenet)["model"] == {"name": "lenet5", "sparse_c3": True}
 
 
 TRAIN_IN_SUBPROCESS = """

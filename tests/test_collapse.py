@@ -8,7 +8,7 @@ import pytest
 
 from configs import default
 from depthlab import collapse, loop
-from depthlab.writers import read_metrics
+from depthlab.run_files import read_metrics
 
 
 @pytest.mark.parametrize(

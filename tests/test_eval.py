@@ -10,8 +10,8 @@ import jax
 import pytest
 
 from configs import default
-from depthlab import checkpoints, cli, evaluation, loop
-from depthlab.writers import read_metrics
+from depthlab import checkpoints, cli, evaluation, loop, run_files
+from depthlab.run_files import read_metrics
 from tests.conftest import HOLD_LOCK, MOCK_DATA_RUN, REPO, process_env, requires_devices
 
 
@@ -44,7 +44,7 @@ def test_eval_of_a_run_saved_before_newer_config_fields_uses_their_defaults(fini
   for field in ("num_seeds", "seed_batching", "steps_per_dispatch", "conv_weight_grad"):
     del saved[field]
   (finished_run / "config.json").write_text(json.dumps(saved))
-  assert evaluation.load_run_config(str(finished_run)).num_seeds == 1
+  assert run_files.load_run_config(str(finished_run)).num_seeds == 1
   results = evaluation.evaluate_checkpoint(str(finished_run), num_devices=1)
   assert results["test_error"] == read_metrics(finished_run)[-1]["test_error"]
 
@@ -117,8 +117,8 @@ CONFIG_JSON = json.dumps(default.get_config().to_dict(), indent=2).encode()
 )
 def test_a_damaged_config_json_is_a_run_file_error_naming_it(tmp_path, damaged, why):
   saved_run(tmp_path / "run", damaged)
-  with pytest.raises(evaluation.RunFileError, match=rf"{tmp_path / 'run' / 'config.json'} is damaged \(.*{why}"):
-    evaluation.load_run_config(str(tmp_path / "run"))
+  with pytest.raises(run_files.RunFileError, match=rf"{tmp_path / 'run' / 'config.json'} is damaged \(.*{why}"):
+    run_files.load_run_config(str(tmp_path / "run"))
 
 
 def test_eval_py_of_a_damaged_config_json_is_one_line_naming_it_and_changes_nothing(tmp_path):

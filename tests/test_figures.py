@@ -12,7 +12,7 @@ import pytest
 
 from configs import default
 from depthlab import figures, history, naming
-from depthlab.writers import read_metrics
+from depthlab.run_files import read_metrics
 from tests.test_eval import contents
 from tests.test_train import REPO
 

@@ -21,7 +21,7 @@ import yaml
 
 from configs import default
 from depthlab import cli, naming
-from depthlab.writers import read_metrics
+from depthlab.run_files import read_metrics
 from sweeps import run as runner
 from tests.conftest import HOLD_LOCK, REPO, process_env
 

@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from depthlab import loop
 from depthlab import state as state_lib
-from depthlab.writers import read_metrics
+from depthlab.run_files import read_metrics
 from tests.conftest import parse_flags, real_cifar10_dir, requires_cifar10, requires_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

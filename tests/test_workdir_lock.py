@@ -15,7 +15,7 @@ import time
 import pytest
 
 from depthlab import workdir_lock
-from depthlab.writers import read_metrics
+from depthlab.run_files import read_metrics
 from tests.conftest import HOLD_LOCK, REPO, make_tiny_config, process_env, train_py
 
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from configs import default
-from depthlab import writers
+from depthlab import run_files, writers
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_unknown_mode_is_an_error():
 
 
 def test_flat_config_uses_the_sweep_parameter_names():
-  flat = writers.flatten_config(default.get_config())
+  flat = run_files.flatten_config(default.get_config())
   assert flat["config.model.depth"] == 56 and flat["config.batch_size"] == 128
   assert flat["config.lr_boundaries"] == [32_000, 48_000]
 
@@ -109,44 +109,44 @@ def write_lines(path, *lines):
 
 def test_a_torn_last_line_is_skipped_with_a_warning_naming_file_and_line(tmp_path, capsys):
   write_lines(tmp_path / "metrics.jsonl", '{"step": 2, "train_loss": 1.5}\n', '{"step": 4, "train_lo')
-  assert writers.read_metrics(tmp_path) == [{"step": 2, "train_loss": 1.5}]
+  assert run_files.read_metrics(tmp_path) == [{"step": 2, "train_loss": 1.5}]
   assert f"{tmp_path / 'metrics.jsonl'}: line 2 is incomplete" in capsys.readouterr().err
 
 
 def test_a_bad_line_before_the_last_is_an_error_naming_file_and_line(tmp_path):
   write_lines(tmp_path / "metrics.jsonl", '{"step": 2}\n', 'garbage\n', '{"step": 4}\n')
-  with pytest.raises(writers.MetricsFileError, match=r"metrics\.jsonl: line 2 is not a metrics line"):
-    writers.read_metrics(tmp_path)
+  with pytest.raises(run_files.MetricsFileError, match=r"metrics\.jsonl: line 2 is not a metrics line"):
+    run_files.read_metrics(tmp_path)
 
 
 def test_resume_drops_a_torn_tail_so_that_appends_start_a_line_of_their_own(tmp_path, tiny_config):
   write_lines(tmp_path / "metrics.jsonl", '{"step": 2, "train_loss": 1.5}\n', '{"step": 4, "tr')
   with writers.MetricWriter(str(tmp_path), tiny_config, "resnet8", 1000, first_step=2) as writer:
     writer.write(4, {"train_loss": 1.25})
-  assert writers.read_metrics(tmp_path) == [{"step": 2, "train_loss": 1.5}, {"step": 4, "train_loss": 1.25}]
+  assert run_files.read_metrics(tmp_path) == [{"step": 2, "train_loss": 1.5}, {"step": 4, "train_loss": 1.25}]
 
 
 def test_a_write_cut_short_by_a_full_disk_is_a_storage_error_naming_the_file(tmp_path, tiny_config, monkeypatch):
   with writers.MetricWriter(str(tmp_path), tiny_config, "resnet8", 1000) as writer:
     write = os.write
     monkeypatch.setattr(writers.os, "write", lambda fd, data: write(fd, data[:5]))
-    with pytest.raises(writers.StorageError, match=r"metrics of step 2 to .*metrics\.jsonl: .*disk full"):
+    with pytest.raises(run_files.StorageError, match=r"metrics of step 2 to .*metrics\.jsonl: .*disk full"):
       writer.write(2, {"train_loss": 1.5})
   monkeypatch.undo()
-  assert writers.read_metrics(tmp_path) == []  # the torn line is skipped
+  assert run_files.read_metrics(tmp_path) == []  # the torn line is skipped
 
 
 def test_writing_into_a_deleted_workdir_is_a_storage_error(tmp_path, tiny_config):
   workdir = tmp_path / "run"
   with writers.MetricWriter(str(workdir), tiny_config, "resnet8", 1000) as writer:
     shutil.rmtree(workdir)
-    with pytest.raises(writers.StorageError, match="deleted during the run"):
+    with pytest.raises(run_files.StorageError, match="deleted during the run"):
       writer.write(2, {"train_loss": 1.5})
-    with pytest.raises(writers.StorageError, match="config.json"):
+    with pytest.raises(run_files.StorageError, match="config.json"):
       writer.check_on_disk()
 
 
 def test_a_workdir_that_is_a_file_is_a_storage_error_naming_it(tmp_path):
   (tmp_path / "run").write_text("")
-  with pytest.raises(writers.StorageError, match=f"{tmp_path / 'run'}: it is a file"):
-    writers.check_writable(str(tmp_path / "run"))
+  with pytest.raises(run_files.StorageError, match=f"{tmp_path / 'run'}: it is a file"):
+    run_files.check_writable(str(tmp_path / "run"))
