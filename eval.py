@@ -26,9 +26,9 @@ from absl import app, flags, logging
 
 from configs import default
 from depthlab import checkpoints, cli, parallel, workdir_lock
-from depthlab.evaluation import evaluate_checkpoint
 from depthlab.figures import compare, counted
 from depthlab.run_files import RunFileError
+from depthlab.trainer import evaluate_checkpoint
 from nets import cpu_conv
 
 FLAGS = flags.FLAGS

@@ -16,7 +16,7 @@ import os
 from absl import app, logging
 import jax
 
-from depthlab import checkpoints, cli, parallel, run_setup, validation, workdir_lock
+from depthlab import checkpoints, cli, parallel, trainer, validation, workdir_lock
 from depthlab.loop import train_and_evaluate
 from depthlab.naming import default_workdir
 from nets import cpu_conv
@@ -34,11 +34,11 @@ def main(argv):
   workdir = FLAGS.workdir or default_workdir(config)
   with cli.user_errors_as_messages(FLAGS.debug, also=cli.RUN_ERRORS):
     validation.validate_config(config, workdir)
-    run_setup.use_compilation_cache(config.compilation_cache_dir)
+    trainer.use_compilation_cache(config.compilation_cache_dir)
     # Before anything starts a JAX backend: the processes of a multi-host run join first.
     parallel.maybe_initialize_distributed(config.distributed)
     # What can be refused is refused before anything is written or loaded.
-    data_parallel = run_setup.training_devices(config, workdir)
+    data_parallel = trainer.training_devices(config, workdir)
     checkpoints.check_resumable(config, workdir)
     with workdir_lock.hold(workdir):
       with (

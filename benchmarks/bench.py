@@ -7,8 +7,8 @@
 
 What is timed is train.py's own dispatch (`JaxStep`): `steps.steps_on_device` (the on-device
 batch gathering, crop, flip and normalisation included; config.steps_per_dispatch steps of
-config.num_seeds seeds) run on the devices by `parallel.DataParallel.parallelize`, set up by
-`run_setup.set_up` and run as `loop.train_loop` runs it, on a random uint8 training
+config.num_seeds seeds) run on the devices by `parallel.DataParallel.parallelize`, through
+the `trainer.Trainer` that train.py's loop drives, on a random uint8 training
 set of CIFAR-10's shape (`--real_data`: the real one). After the first dispatch (which
 compiles) and one untimed dispatch more, `--windows` windows of `--steps_per_window` steps
 are timed and the medians reported. With `--torch`, each of our windows is followed by one
@@ -43,7 +43,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from depthlab import cli, input_pipeline, naming, run_setup, writers
+from depthlab import cli, input_pipeline, naming, trainer, writers
 from nets import cpu_conv
 
 IMPORT_SECONDS = time.perf_counter() - IMPORT_START
@@ -151,39 +151,38 @@ class Timed(Protocol):
 
 
 class JaxStep:
-  """depthlab's train step (JAX) on the devices, with its state and on-device data as
-  run_setup.set_up makes them for train.py, ready to time."""
+  """depthlab's train step (JAX) on the devices, through the Trainer that train.py's loop
+  drives (the same state, on-device data and dispatches), ready to time."""
 
   def __init__(self, config: ml_collections.ConfigDict, options: Options):
     start = time.perf_counter()
-    self.data_parallel = run_setup.training_devices(config)
     self.steps_per_dispatch = config.steps_per_dispatch
     if options.steps_per_window % self.steps_per_dispatch:
       raise ValueError(
         f"--steps_per_window={options.steps_per_window} is not a multiple of --config.steps_per_dispatch="
         f"{self.steps_per_dispatch}; a window is a whole number of dispatches."
       )
-    run = run_setup.set_up(
+    self.trainer = trainer.Trainer(
       config,
-      self.data_parallel,
+      trainer.training_devices(config),
       dataset=None if options.real_data else random_dataset(options.num_examples, config.seed),
     )
-    self.num_classes = run.dataset.num_classes
-    self.num_params = run.num_params
-    self.train_fn = run.train_dispatch(self.steps_per_dispatch)
-    self.state, self.data, self.data_key, self.orders = run.state, run.train_data, run.key_data, run.orders
-    self.step = 0
+    self.data_parallel = self.trainer.data_parallel
+    self.num_classes = self.trainer.dataset.num_classes
+    self.num_params = self.trainer.num_params
     self.metrics = None
-    jax.block_until_ready((self.state, self.data))
+    jax.block_until_ready((self.trainer.state, self.trainer.training_data[0]))  # startup: the data on the devices
     self.startup_seconds = time.perf_counter() - start
+
+  @property
+  def step(self) -> int:
+    return self.trainer.step
 
   def run(self, steps: int) -> float:
     start = time.perf_counter()
-    for _ in range(steps // self.steps_per_dispatch):  # the epochs' orders computed as train_loop does
-      orders = self.orders.for_dispatch_after(self.step)
-      self.state, self.metrics = self.train_fn(self.state, self.data, self.data_key, orders)
-      self.step += self.steps_per_dispatch
-    jax.block_until_ready((self.state, self.metrics))
+    for _ in range(steps // self.steps_per_dispatch):
+      self.metrics = self.trainer.train(self.steps_per_dispatch)
+    jax.block_until_ready((self.trainer.state, self.metrics))
     return time.perf_counter() - start
 
   def last_metrics(self) -> dict[str, float]:

@@ -6,7 +6,7 @@
 
 For each net (plain and residual, at each of --depths) it trains seeds config.seed ..
 config.seed + config.num_seeds - 1 side by side on the real training set for --steps
-steps, with train.py's own step (bench.JaxStep), and keeps every step's training loss
+steps, through the Trainer that train.py drives, and keeps every step's training loss
 and error. Per run it reports the loss at initialisation (step 1's loss is computed
 before its update), the largest loss over steps 1-20, the mean loss and error over the
 last 10 steps, and whether the net is at chance there (collapse.at_chance: the loss of
@@ -29,8 +29,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from benchmarks import bench
-from depthlab import cli, collapse, naming, run_files, state, validation, writers
+from depthlab import cli, collapse, naming, run_files, state, trainer, validation, writers
 from nets import cpu_conv
 
 EARLY_STEPS = 20  # the window in which the paper's recipe blows up (largest loss over steps 1-20)
@@ -71,11 +70,10 @@ def same_config(saved: dict[str, Any], config: ml_collections.ConfigDict) -> boo
 
 def train_curves(config: ml_collections.ConfigDict, steps: int) -> dict[str, np.ndarray]:
   """Every step's training loss and error of each seed: {"loss": [steps, seeds], "error": ...}."""
-  ours = bench.JaxStep(config, bench.Options(real_data=True))
+  run = trainer.Trainer(config, trainer.training_devices(config))
   losses, errors, start = [], [], time.perf_counter()
   for step in range(1, steps + 1):
-    ours.run(1)
-    metrics = ours.data_parallel.to_host(ours.metrics)
+    metrics = run.data_parallel.to_host(run.train(1))
     losses.append(np.reshape(metrics["train_loss"], -1))
     errors.append(np.reshape(metrics["train_error"], -1))
     if step % 10 == 0 or step == steps:

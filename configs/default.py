@@ -69,6 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 1_000  # evaluate the whole test split this often, and at the end
   config.checkpoint_every_steps = 1_000  # save the train state this often, and at the end
   config.keep_checkpoints = 3  # how many of the newest checkpoints to keep
+  config.profile_first_step = 0  # trace profile_steps steps from this one into <workdir>/profile (jax.profiler); 0: off
+  config.profile_steps = 5  # how many steps the profile traces
   config.restart = False  # delete the workdir's checkpoints and train from step 0
   config.eval_batch_size = 1_000  # images per evaluation chunk (global)
   config.seed = 0  # seeds the initialisation, the data order and the augmentation

@@ -1,54 +1,81 @@
-"""Evaluates a run's checkpoint: reads the run's config.json (load_run_config), restores the
-checkpoint onto this machine's devices (any number of them) and measures loss and error
-over whole splits (evaluate_checkpoint). It writes nothing but eval_<step>.json: a workdir
-without a checkpoint, or with a damaged config.json, is one message naming the file."""
+"""Evaluation over whole splits, and the statistics of several seeds: `make_evaluator` gives
+the function state -> loss and error per split that the Trainer calls; `per_seed_metrics`
+turns values of every seed into their mean, std and each seed's own, for evaluations and
+the loop's training metrics alike."""
 
-import json
-import os
+from collections.abc import Callable
+import functools
+import math
 from typing import Any
 
-import jax
+import ml_collections
+import numpy as np
 
-from depthlab import checkpoints, parallel, run_files, run_setup
-from depthlab.loop import make_evaluator
-from depthlab.state import TrainState
+from depthlab import input_pipeline, parallel
+from depthlab.state import TrainState, seeds
+from depthlab.steps import eval_on_device, over_seeds
 
 
-def evaluate_checkpoint(
-  workdir: str, step: int | None = None, include_train: bool = False, num_devices: int = 0, data_dir: str | None = None
-) -> dict[str, Any]:
-  """Loss and error of a checkpoint on the test split (and the train split), as a dict."""
-  config = run_files.load_run_config(workdir)
-  if not checkpoints.has_checkpoints(workdir):  # before orbax, which would create the folder
-    raise FileNotFoundError(
-      f"{workdir} holds no checkpoint (nothing in {os.path.join(workdir, 'checkpoints')}): "
-      "train it first, or give the workdir of a run that has saved one."
-    )
-  if data_dir:
-    config.dataset.data_dir = data_dir
-  run_setup.use_compilation_cache(config.compilation_cache_dir)
+def per_seed_metrics(values: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Metrics of one value per seed as floats: alone for one seed; for several, their mean,
+  their sample std (`<key>_std`) and each seed's own (`seed<s>/<key>`)."""
+  if config.num_seeds == 1:
+    return {k: float(v) for k, v in values.items()}
+  metrics = {}
+  for key, per_seed in values.items():
+    per_seed = np.asarray(per_seed, np.float64)
+    if "/" not in key:  # per-block metrics: per seed only
+      metrics[key] = float(per_seed.mean())
+      metrics[f"{key}_std"] = float(per_seed.std(ddof=1))
+    metrics.update({f"seed{s}/{key}": float(v) for s, v in zip(seeds(config), per_seed)})
+  return metrics
 
-  def restore(template: TrainState) -> tuple[TrainState, dict[str, Any]]:
-    ckpts = checkpoints.Checkpoints(workdir)
-    try:
-      restored = ckpts.restore(jax.device_get(template), step, set_aside=False)  # an evaluator leaves the run as it is
-    finally:
-      ckpts.close()
-    if restored is None:
-      raise checkpoints.CorruptCheckpointError(
-        f"No checkpoint in {ckpts.directory} reads back intact (each is reported above); nothing was evaluated."
-      )
-    restored_step, state, record = restored
-    return state, {**record, "step": restored_step}
 
-  run = run_setup.set_up(
-    config, parallel.DataParallel(config.parallelism, num_devices), restore=restore, for_training=False
+def make_evaluator(
+  data_parallel: parallel.DataParallel,
+  splits: dict[str, input_pipeline.Split],
+  mean_image: np.ndarray,
+  config: ml_collections.ConfigDict,
+) -> Callable[[TrainState], dict[str, float]]:
+  """A function state -> {"<split>_loss", "<split>_error", "<split>_examples"} over whole splits
+  (with several seeds, also per seed and the std: see per_seed_metrics).
+
+  The splits go to the devices once, each device holding its share.
+  """
+  on_device = over_seeds(
+    functools.partial(eval_on_device, image_size=config.dataset.image_size), config, in_axes=(0, None, None)
   )
-  step, dataset = run.record["step"], run.dataset
-  splits = dict(dataset.eval_splits, **({"train": dataset.train} if include_train else {}))
-  evaluate = make_evaluator(run.data_parallel, splits, dataset.mean_image, config)
-  results = {"step": step, "devices": run.data_parallel.count, **evaluate(run.state)}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"eval_{step}.json"), "w") as f:
-      json.dump(results, f, indent=2)
-  return results
+  eval_fn = data_parallel.parallelize(on_device, sharded_argnums=(1,))
+  data = {
+    name: data_parallel.shard(shard_for_eval(split, data_parallel.count, config.eval_batch_size))
+    for name, split in splits.items()
+  }
+  mean = data_parallel.replicate(mean_image)
+
+  def evaluate(state: TrainState) -> dict[str, float]:
+    results = {}
+    for name, split in data.items():
+      sums = data_parallel.to_host(eval_fn(state, split, mean))
+      results.update(
+        per_seed_metrics(
+          {f"{name}_loss": sums["loss"] / sums["count"], f"{name}_error": sums["errors"] / sums["count"]}, config
+        )
+      )
+      results[f"{name}_examples"] = int(np.ravel(sums["count"])[0])
+    return results
+
+  return evaluate
+
+
+def shard_for_eval(split: input_pipeline.Split, num_devices: int, batch_size: int) -> dict[str, np.ndarray]:
+  """Lays a split out as [devices, chunks, chunk_size, ...], padded and masked to fit."""
+  chunk = math.ceil(batch_size / num_devices)
+  per_device = math.ceil(len(split) / (num_devices * chunk)) * chunk
+  pad = num_devices * per_device - len(split)
+  arrays = {"image": split.images, "label": split.labels, "mask": np.ones(len(split), np.float32)}
+  return {
+    k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]).reshape(
+      num_devices, per_device // chunk, chunk, *v.shape[1:]
+    )
+    for k, v in arrays.items()
+  }

@@ -4,13 +4,11 @@ collectives over parallel.AXIS (parallel.DataParallel runs them on all devices).
 
 from collections.abc import Callable
 import functools
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from depthlab import input_pipeline, parallel
@@ -114,39 +112,6 @@ def data_keys(key_data: jax.Array) -> jax.Array:
   return jax.random.split(jax.random.wrap_key_data(key_data), 3)
 
 
-class EpochOrders:
-  """The example orders of the epochs a dispatch can reach, on the devices, for every seed.
-
-  Each epoch's order (a permutation of all examples, a sort) is computed when the loop
-  enters the epoch, not in every step, on the devices that run the step: the batches
-  are those input_pipeline.global_batch_indices defines.
-  """
-
-  def __init__(
-    self,
-    config: ml_collections.ConfigDict,
-    data_parallel: parallel.DataParallel,
-    data_key: jax.Array,
-    num_examples: int,
-  ):
-    self.steps_per_epoch = input_pipeline.steps_per_epoch(num_examples, config.batch_size)
-    # A dispatch starting in epoch e reaches e + 1 (or further when it is longer than an epoch).
-    num_epochs = (config.steps_per_dispatch - 1) // self.steps_per_epoch + 2
-    orders = lambda key_data, epoch: input_pipeline.epoch_orders(
-      data_keys(key_data)[0], epoch, num_epochs, num_examples
-    )
-    self._orders = jax.jit(jax.vmap(orders, in_axes=(0, None)) if config.num_seeds > 1 else orders)
-    self._key_data, self._data_parallel = jax.random.key_data(data_key), data_parallel
-    self._epoch, self._replicated = None, None
-
-  def for_dispatch_after(self, step: int) -> jax.Array:
-    """The orders (replicated) of a dispatch whose first step follows `step` completed ones."""
-    epoch = step // self.steps_per_epoch
-    if epoch != self._epoch:
-      self._epoch, self._replicated = epoch, self._data_parallel.replicate(self._orders(self._key_data, epoch))
-    return self._replicated
-
-
 def steps_on_device(
   config: ml_collections.ConfigDict, num_devices: int, steps: int
 ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array, jax.Array], tuple[TrainState, dict]]:
@@ -193,9 +158,7 @@ def over_seeds(
   """
   if config.num_seeds == 1:
     return fn
-  batching = config.seed_batching
-  if batching not in ("auto", "vmap", "loop"):
-    raise ValueError(f"seed_batching must be auto, vmap or loop; got {batching!r}.")
+  batching = config.seed_batching  # one of validation.SEED_BATCHING
   if batching == "vmap" or (batching == "auto" and jax.default_backend() != "cpu"):
     return jax.vmap(fn, in_axes=in_axes)
 
@@ -207,20 +170,6 @@ def over_seeds(
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *results)
 
   return one_after_another
-
-
-def dispatch_size(step: int, config: ml_collections.ConfigDict) -> int:
-  """How many steps the dispatch after `step` runs: config.steps_per_dispatch, or 1 where
-  a log, evaluation or checkpoint step (or the end) falls inside those steps."""
-  n = config.steps_per_dispatch
-  if n < 1:
-    raise ValueError(f"steps_per_dispatch must be at least 1; got {n}.")
-  if n == 1 or step + n > config.total_steps:
-    return 1
-  for every in (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps):
-    if (step // every + 1) * every < step + n:
-      return 1
-  return n
 
 
 def eval_on_device(
@@ -241,17 +190,3 @@ def eval_on_device(
   zeros = {"loss": 0.0, "errors": 0.0, "count": 0.0}
   totals, _ = jax.lax.scan(chunk_sums, zeros, split)
   return jax.lax.psum(totals, AXIS)
-
-
-def shard_for_eval(split: input_pipeline.Split, num_devices: int, batch_size: int) -> dict[str, np.ndarray]:
-  """Lays a split out as [devices, chunks, chunk_size, ...], padded and masked to fit."""
-  chunk = math.ceil(batch_size / num_devices)
-  per_device = math.ceil(len(split) / (num_devices * chunk)) * chunk
-  pad = num_devices * per_device - len(split)
-  arrays = {"image": split.images, "label": split.labels, "mask": np.ones(len(split), np.float32)}
-  return {
-    k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]).reshape(
-      num_devices, per_device // chunk, chunk, *v.shape[1:]
-    )
-    for k, v in arrays.items()
-  }

@@ -36,10 +36,12 @@ AT_LEAST_ONE = (
   "steps_per_dispatch",
   "num_seeds",
   "collapse_steps",
+  "profile_steps",
 )
 AT_LEAST_ZERO = (
   "warmup_steps",
   "num_devices",
+  "profile_first_step",
   "seed",
   "weight_decay",
   "aux_loss_weight",

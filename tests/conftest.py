@@ -17,11 +17,13 @@ os.environ["XLA_FLAGS"] = " ".join(
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from configs import default  # pylint: disable=g-import-not-at-top
 from depthlab import cli, run_files  # pylint: disable=g-import-not-at-top
+import nets  # pylint: disable=g-import-not-at-top
 
 # Many tests compile the same tiny train step; compile it once per machine.
 jax.config.update(
@@ -43,6 +45,22 @@ requires_cpu = pytest.mark.skipif(
 def parse_flags(*argv: str):
   """The config that `python train.py <argv>` trains with."""
   return cli.parse_command_line(list(argv))[0]
+
+
+def contents(folder) -> dict[str, bytes]:
+  """Every file below `folder` and its bytes: what a command must leave as it was."""
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# The CIFAR ResNets' parameter counts (option A shortcuts), from the paper's Table 6.
+PAPER_COUNTS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
+
+
+def cifar_resnet_params(**kwargs) -> int:
+  """The parameter count of nets.create("cifar_resnet", **kwargs), without initialising it."""
+  model = nets.create("cifar_resnet", **kwargs)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  return nets.count_params(variables["params"])
 
 
 def requires_devices(count: int) -> pytest.MarkDecorator:

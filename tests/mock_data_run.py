@@ -21,16 +21,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def send_sigterm_at(step: int) -> None:
   """Makes this process receive SIGTERM when the loop logs `step`."""
-  from depthlab import loop  # pylint: disable=g-import-not-at-top
+  from depthlab import actions
 
-  window_means = loop.window_means
+  window_means = actions.window_means
 
   def window_means_then_signal(window, data_parallel, at_step, *args):
     if at_step == step:
       os.kill(os.getpid(), signal.SIGTERM)
     return window_means(window, data_parallel, at_step, *args)
 
-  loop.window_means = window_means_then_signal
+  actions.window_means = window_means_then_signal
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import bench
-from tests import test_nets
+from tests.conftest import PAPER_COUNTS, cifar_resnet_params
 
 requires_torch = pytest.mark.skipif(
   importlib.util.find_spec("torch") is None,
@@ -122,10 +122,10 @@ def test_several_seeds_count_every_seeds_images(tmp_path):
 def test_torch_net_has_exactly_our_parameter_count(depth, residual, shortcut):
   from benchmarks import torch_resnet  # pylint: disable=g-import-not-at-top
 
-  ours = test_nets.count(depth=depth, residual=residual, shortcut=shortcut)
+  ours = cifar_resnet_params(depth=depth, residual=residual, shortcut=shortcut)
   assert torch_resnet.count_params(torch_resnet.CifarResNet(depth, residual, shortcut)) == ours
   if residual and shortcut == "A":
-    assert ours == test_nets.PAPER_COUNTS[depth]  # 269,722 at depth 20
+    assert ours == PAPER_COUNTS[depth]  # 269,722 at depth 20
 
 
 @requires_torch

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from depthlab import checkpoints, cli, loop, run_files
+from depthlab import checkpoints, cli, evaluation, loop, run_files
 from depthlab import state as state_lib
 from depthlab.run_files import read_metrics
-from tests.conftest import make_tiny_config, process_env, requires_cpu, train_py
-from tests.test_train import REPO
+from tests.conftest import REPO, make_tiny_config, process_env, requires_cpu, train_py
 
 
 def final_params(workdir):
@@ -237,8 +236,8 @@ def test_non_finite_values_in_a_restored_state_are_corruption_not_divergence():
 
 
 def evaluator_that(monkeypatch, at_final):
-  """loop.make_evaluator whose evaluation of the final step first calls `at_final()`."""
-  make = loop.make_evaluator
+  """evaluation.make_evaluator whose evaluation of the final step first calls `at_final()`."""
+  make = evaluation.make_evaluator
 
   def make_evaluator(data_parallel, splits, mean_image, config):
     evaluate = make(data_parallel, splits, mean_image, config)
@@ -250,7 +249,7 @@ def evaluator_that(monkeypatch, at_final):
 
     return evaluate_and_act
 
-  monkeypatch.setattr(loop, "make_evaluator", make_evaluator)
+  monkeypatch.setattr(evaluation, "make_evaluator", make_evaluator)
 
 
 def test_a_signal_during_the_final_evaluation_leaves_the_final_checkpoint_and_a_finished_run(

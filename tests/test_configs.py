@@ -17,7 +17,7 @@ from configs import default
 from depthlab import input_pipeline, loop, steps
 from depthlab import state as state_lib
 import nets
-from tests.test_train import REPO
+from tests.conftest import REPO
 
 DEPTHS = (20, 32, 44, 56, 110)
 

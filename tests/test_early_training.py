@@ -10,8 +10,7 @@ import pytest
 
 from benchmarks import early_training
 from depthlab import cli
-from tests.conftest import real_cifar10_dir, requires_cifar10
-from tests.test_train import REPO
+from tests.conftest import REPO, real_cifar10_dir, requires_cifar10
 
 CHANCE = math.log(10)
 

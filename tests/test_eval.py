@@ -10,9 +10,9 @@ import jax
 import pytest
 
 from configs import default
-from depthlab import checkpoints, cli, evaluation, loop, run_files
+from depthlab import checkpoints, cli, loop, run_files, trainer
 from depthlab.run_files import read_metrics
-from tests.conftest import HOLD_LOCK, MOCK_DATA_RUN, REPO, process_env, requires_devices
+from tests.conftest import HOLD_LOCK, MOCK_DATA_RUN, REPO, contents, process_env, requires_devices
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def finished_run(mock_cifar10, tiny_config, tmp_path):
 
 @pytest.mark.parametrize("num_devices", [1, pytest.param(4, marks=requires_devices(4))])
 def test_eval_reproduces_the_logged_test_error_on_other_device_counts(finished_run, num_devices):
-  results = evaluation.evaluate_checkpoint(str(finished_run), num_devices=num_devices)
+  results = trainer.evaluate_checkpoint(str(finished_run), num_devices=num_devices)
   logged = read_metrics(finished_run)[-1]
   assert results["step"] == 4 and results["devices"] == num_devices and results["test_examples"] == 256
   assert results["test_error"] == logged["test_error"]
@@ -34,7 +34,7 @@ def test_eval_reproduces_the_logged_test_error_on_other_device_counts(finished_r
 
 
 def test_eval_of_an_earlier_step_and_the_train_split(finished_run):
-  results = evaluation.evaluate_checkpoint(str(finished_run), step=2, include_train=True, num_devices=1)
+  results = trainer.evaluate_checkpoint(str(finished_run), step=2, include_train=True, num_devices=1)
   assert results["step"] == 2 and results["train_examples"] == 256 and 0 <= results["train_error"] <= 1
 
 
@@ -45,25 +45,25 @@ def test_eval_of_a_run_saved_before_newer_config_fields_uses_their_defaults(fini
     del saved[field]
   (finished_run / "config.json").write_text(json.dumps(saved))
   assert run_files.load_run_config(str(finished_run)).num_seeds == 1
-  results = evaluation.evaluate_checkpoint(str(finished_run), num_devices=1)
+  results = trainer.evaluate_checkpoint(str(finished_run), num_devices=1)
   assert results["test_error"] == read_metrics(finished_run)[-1]["test_error"]
 
 
 def test_eval_of_a_missing_step_lists_the_saved_ones(finished_run):
   with pytest.raises(FileNotFoundError, match=r"No checkpoint of step 3 .* \[2, 4\]"):
-    evaluation.evaluate_checkpoint(str(finished_run), step=3)
+    trainer.evaluate_checkpoint(str(finished_run), step=3)
 
 
 def test_eval_of_a_directory_that_is_no_run_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match="is .* the workdir of a run"):
-    evaluation.evaluate_checkpoint(str(tmp_path))
+    trainer.evaluate_checkpoint(str(tmp_path))
 
 
 @requires_devices(2)
 def test_eval_of_a_several_seed_run_gives_each_seed_its_logged_error(mock_cifar10, tiny_config, tmp_path):
   tiny_config.num_seeds = 2
   loop.train_and_evaluate(tiny_config, str(tmp_path))
-  results = evaluation.evaluate_checkpoint(str(tmp_path), num_devices=2)
+  results = trainer.evaluate_checkpoint(str(tmp_path), num_devices=2)
   logged = read_metrics(tmp_path)[-1]
   for key in ("seed0/test_error", "seed1/test_error", "test_error", "test_error_std"):
     assert results[key] == pytest.approx(logged[key], abs=1e-6)
@@ -74,7 +74,7 @@ def test_eval_reports_a_corrupt_checkpoint_uses_the_one_before_and_leaves_the_ru
   state_dir = finished_run / "checkpoints" / "4" / "state"
   for path in [p for p in state_dir.rglob("*") if p.is_file() and p.parent.name == "d"]:
     path.write_bytes(b"not a checkpoint")
-  assert evaluation.evaluate_checkpoint(str(finished_run))["step"] == 2
+  assert trainer.evaluate_checkpoint(str(finished_run))["step"] == 2
   assert "Checkpoint of step 4" in capsys.readouterr().err
   assert state_dir.is_dir() and not (finished_run / "unreadable_checkpoints").exists()
 
@@ -88,11 +88,6 @@ def eval_py(*args: str, mock_data: bool = False) -> subprocess.CompletedProcess:
   return subprocess.run(
     [sys.executable, *command, "eval.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300
   )
-
-
-def contents(folder) -> dict[str, bytes]:
-  """Every file below `folder` and its bytes: what a command must leave as it was."""
-  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def saved_run(workdir, config_json: bytes):
@@ -152,9 +147,9 @@ def test_eval_py_names_an_unreadable_checkpoint_in_one_line_and_moves_nothing(fi
         path.write_bytes(b"not a checkpoint")
   before = contents(finished_run)
   with pytest.raises(checkpoints.CorruptCheckpointError, match="No checkpoint in .* reads back intact") as newest:
-    evaluation.evaluate_checkpoint(str(finished_run), num_devices=1)
+    trainer.evaluate_checkpoint(str(finished_run), num_devices=1)
   with pytest.raises(checkpoints.CorruptCheckpointError) as step_4:
-    evaluation.evaluate_checkpoint(str(finished_run), step=4, num_devices=1)
+    trainer.evaluate_checkpoint(str(finished_run), step=4, num_devices=1)
   assert "\n" not in str(newest.value) + str(step_4.value)
 
   result = eval_py(f"--workdir={finished_run}", "--step=4", "--num_devices=1", mock_data=True)

@@ -13,8 +13,7 @@ import pytest
 from configs import default
 from depthlab import figures, history, naming
 from depthlab.run_files import read_metrics
-from tests.test_eval import contents
-from tests.test_train import REPO
+from tests.conftest import REPO, contents
 
 
 def write_run(workdir, depth, residual, seed=0, steps=(100, 200, 300), grad_norms=False):

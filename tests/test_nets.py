@@ -6,31 +6,25 @@ import pytest
 
 import nets
 from nets import layers, lenet
+from tests.conftest import PAPER_COUNTS, cifar_resnet_params
 
 # Trainable parameters (batch-norm scale and bias included) of the option-A ResNets.
-PAPER_COUNTS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 OPTION_B_EXTRA = 2_752  # two 1x1 conv + BN projections: 16->32 and 32->64
-
-
-def count(**kwargs) -> int:
-  model = nets.create("cifar_resnet", **kwargs)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  return nets.count_params(variables["params"])
 
 
 @pytest.mark.parametrize("depth", sorted(PAPER_COUNTS))
 def test_resnet_has_the_papers_parameter_count(depth):
-  assert count(depth=depth) == PAPER_COUNTS[depth]
+  assert cifar_resnet_params(depth=depth) == PAPER_COUNTS[depth]
 
 
 @pytest.mark.parametrize("depth", [20, 56, 110])
 def test_plain_net_has_the_option_a_count(depth):
-  assert count(depth=depth, residual=False) == PAPER_COUNTS[depth]
+  assert cifar_resnet_params(depth=depth, residual=False) == PAPER_COUNTS[depth]
 
 
 @pytest.mark.parametrize("depth", [20, 56, 1202])
 def test_option_b_adds_two_projections(depth):
-  assert count(depth=depth, shortcut="B") == PAPER_COUNTS[depth] + OPTION_B_EXTRA
+  assert cifar_resnet_params(depth=depth, shortcut="B") == PAPER_COUNTS[depth] + OPTION_B_EXTRA
 
 
 @pytest.mark.parametrize("residual", [True, False])
@@ -62,12 +56,12 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_params():
 @pytest.mark.parametrize("depth", [0, 18, 21, 57])
 def test_a_depth_not_6n_plus_2_is_an_error_naming_valid_depths(depth):
   with pytest.raises(ValueError, match=r"6n\+2 \(20, 32, 44, 56, 110, 1202"):
-    count(depth=depth)
+    cifar_resnet_params(depth=depth)
 
 
 def test_unknown_shortcut_is_an_error():
   with pytest.raises(ValueError, match="shortcut must be one of"):
-    count(depth=20, shortcut="C")
+    cifar_resnet_params(depth=20, shortcut="C")
 
 
 def test_zero_init_residual_starts_every_residual_block_as_the_identity():
@@ -79,12 +73,12 @@ def test_zero_init_residual_starts_every_residual_block_as_the_identity():
   seen = state["intermediates"]
   block_input = jax.nn.relu(seen["stem_bn"]["__call__"][0])
   assert jnp.array_equal(seen["block1"]["__call__"][0], block_input)  # relu(0 + x) of a post-ReLU x
-  assert count(depth=20, zero_init_residual=True) == PAPER_COUNTS[20]
+  assert cifar_resnet_params(depth=20, zero_init_residual=True) == PAPER_COUNTS[20]
 
 
 def test_zero_init_residual_on_a_plain_net_is_an_error():
   with pytest.raises(ValueError, match="zero_init_residual needs a residual net"):
-    count(depth=20, residual=False, zero_init_residual=True)
+    cifar_resnet_params(depth=20, residual=False, zero_init_residual=True)
 
 
 def test_unknown_model_name_lists_the_known_ones():

@@ -16,8 +16,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from depthlab import checkpoints, loop, parallel, validation
-from tests.conftest import make_tiny_config, process_env, train_py
-from tests.test_train import REPO, read_metrics
+from depthlab.run_files import read_metrics
+from tests.conftest import REPO, make_tiny_config, process_env, train_py
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 any number of steps per dispatch and any number of seeds per run."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,10 +13,15 @@ import tensorflow_datasets as tfds
 from depthlab import loop
 from depthlab import state as state_lib
 from depthlab.run_files import read_metrics
-from tests.conftest import parse_flags, real_cifar10_dir, requires_cifar10, requires_devices
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from tests.conftest import (
+  REPO,
+  parse_flags,
+  process_env,
+  real_cifar10_dir,
+  requires_cifar10,
+  requires_devices,
+  train_py,
+)
 
 # ------------------------------------------------------------------------------ what a run does
 
@@ -201,3 +205,13 @@ def test_resnet20_learns_real_cifar10(tmp_path, real_cache_dir):
   final = loop.train_and_evaluate(config, str(tmp_path))
   assert final["train_error"] < 0.75
   assert final["test_examples"] == 10_000 and final["test_error"] < 0.85
+
+
+def test_a_profile_of_the_steps_the_config_names_is_written_to_the_workdir(tiny_config, tmp_path):
+  """Whole run: train.py with --config.profile_first_step traces those steps with jax.profiler."""
+  tiny_config.profile_first_step, tiny_config.profile_steps = 2, 2
+  result = subprocess.run(
+    train_py(tiny_config, tmp_path), cwd=REPO, env=process_env(1), capture_output=True, text=True, check=True
+  )
+  assert f"Profile of steps 2-3 written to {tmp_path / 'profile'}" in result.stdout
+  assert list((tmp_path / "profile").rglob("*.xplane.pb"))

@@ -9,7 +9,7 @@ import pytest
 
 from configs import default
 from depthlab import cli, validation
-from tests.test_train import REPO
+from tests.conftest import REPO
 
 
 def problems_of(config, **kwargs):
@@ -37,6 +37,14 @@ def test_every_config_file_passes():
     ("checkpoint_every_steps", 0, "checkpoint_every_steps = 0: must be at least 1"),
     ("batch_size", 0, "batch_size = 0: must be at least 1"),
     ("parallelism", "pjit", "parallelism = 'pjit': unknown choice; set --config.parallelism to one of"),
+    (
+      "seed_batching",
+      "pmap",
+      "seed_batching = 'pmap': unknown choice; set --config.seed_batching to one of auto, vmap, loop",
+    ),
+    ("steps_per_dispatch", 0, "steps_per_dispatch = 0: must be at least 1"),
+    ("profile_first_step", -1, "profile_first_step = -1: must not be negative"),
+    ("profile_steps", 0, "profile_steps = 0: must be at least 1"),
     (
       "warmup_shape",
       "cosine",
