@@ -25,10 +25,8 @@ import os
 from absl import app, flags, logging
 
 from configs import default
-from depthlab import checkpoints, cli, parallel, workdir_lock
+from depthlab import cli, errors
 from depthlab.figures import compare, counted
-from depthlab.run_files import RunFileError
-from depthlab.trainer import evaluate_checkpoint
 from nets import cpu_conv
 
 FLAGS = flags.FLAGS
@@ -50,7 +48,7 @@ def main(argv):
   cpu_conv.use_fast_xla_cpu_flags()
   if not FLAGS["verbosity"].present:  # orbax logs each restore at INFO; keep the console to results
     logging.set_verbosity(logging.WARNING)
-  with cli.user_errors_as_messages(also=(FileNotFoundError, checkpoints.CorruptCheckpointError, RunFileError)):
+  with cli.user_errors_as_messages(also=(FileNotFoundError, errors.CorruptCheckpointError, errors.RunFileError)):
     run(argv)
 
 
@@ -71,9 +69,18 @@ def run(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.workdir:
     raise app.UsageError("Give --workdir=<a run's workdir> to evaluate, or `compare <folders>`.")
+  evaluate()
+
+
+def evaluate():
+  """eval.py --workdir=...: one checkpoint's loss and error."""
+  # Imported here, not at the top: `compare` then loads neither orbax nor the training side.
+  from depthlab import checkpoints, distributed, workdir_lock
+  from depthlab.trainer import evaluate_checkpoint
+
   # Before anything starts a JAX backend: the processes of a multi-host evaluation join first
   # (from $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID, or srun / mpirun).
-  parallel.maybe_initialize_distributed(default.get_config().distributed)
+  distributed.maybe_initialize_distributed(default.get_config().distributed)
   holder = workdir_lock.holder(FLAGS.workdir)
   if holder:
     print(

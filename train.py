@@ -16,7 +16,7 @@ import os
 from absl import app, logging
 import jax
 
-from depthlab import checkpoints, cli, parallel, trainer, validation, workdir_lock
+from depthlab import checkpoints, cli, distributed, trainer, validation, workdir_lock
 from depthlab.loop import train_and_evaluate
 from depthlab.naming import default_workdir
 from nets import cpu_conv
@@ -36,7 +36,7 @@ def main(argv):
     validation.validate_config(config, workdir)
     trainer.use_compilation_cache(config.compilation_cache_dir)
     # Before anything starts a JAX backend: the processes of a multi-host run join first.
-    parallel.maybe_initialize_distributed(config.distributed)
+    distributed.maybe_initialize_distributed(config.distributed)
     # What can be refused is refused before anything is written or loaded.
     data_parallel = trainer.training_devices(config, workdir)
     checkpoints.check_resumable(config, workdir)

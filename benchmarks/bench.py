@@ -26,7 +26,7 @@ import time
 
 IMPORT_START = time.perf_counter()  # set before JAX and the repo load: importing them is start-up too
 
-import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
+import dataclasses
 import importlib.util
 import json
 import os

@@ -29,7 +29,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from depthlab import cli, collapse, naming, run_files, state, trainer, validation, writers
+from depthlab import cli, collapse, errors, naming, run_files, state, trainer, validation, writers
 from nets import cpu_conv
 
 EARLY_STEPS = 20  # the window in which the paper's recipe blows up (largest loss over steps 1-20)
@@ -155,10 +155,10 @@ def measure(
 
 def draw_losses(results: list[dict[str, Any]], title: str) -> Any:
   """Each seed's training loss per step, plain nets left and residual right, a colour per depth."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use("Agg")  # files only: works without a display
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt
   from matplotlib import ticker
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -198,8 +198,8 @@ def main(argv):
     for depth, residual in nets_to_train:  # every net's problems before any net trains
       try:
         validation.validate_config(net_config(FLAGS.config, depth, residual))
-      except validation.ConfigError as e:  # here the depth comes from --depths, not the config
-        raise validation.ConfigError([p.replace("--config.model.depth", "--depths") for p in e.problems]) from e
+      except errors.ConfigError as e:  # here the depth comes from --depths, not the config
+        raise errors.ConfigError([p.replace("--config.model.depth", "--depths") for p in e.problems]) from e
     results = measure(FLAGS.config, nets_to_train, FLAGS.steps, FLAGS.out)
   print(format_table(results), flush=True)
   if FLAGS.plot:

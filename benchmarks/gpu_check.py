@@ -226,12 +226,12 @@ def run_stage(stage: Stage, out: str, seconds_left: float) -> None:
 def run_benches(out: str, deadline: float) -> None:
   """BENCH_RUNS in this process, each while its estimate fits before `deadline` (time.time())."""
   sys.path.insert(0, REPO)
-  from nets import cpu_conv  # pylint: disable=g-import-not-at-top
+  from nets import cpu_conv
 
   cpu_conv.use_fast_xla_cpu_flags()
   from benchmarks import (
-    bench,  # pylint: disable=g-import-not-at-top
-    bench_table,  # pylint: disable=g-import-not-at-top
+    bench,
+    bench_table,
   )
 
   os.makedirs(os.path.join(out, "bench"), exist_ok=True)
@@ -260,7 +260,7 @@ def run_benches(out: str, deadline: float) -> None:
         f"bench {run.name}: done in {time.perf_counter() - start:.0f} s "
         f"({result[bench.OURS]['ms_per_step']:.2f} ms/step, compile {result[bench.OURS]['compile_s']:.0f} s)",
       )
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       traceback.print_exc()
       log(out, f"bench {run.name}: failed after {time.perf_counter() - start:.0f} s (traceback in bench.log)")
 

@@ -97,10 +97,10 @@ def per_shape(verdicts: Sequence[Verdict]) -> str:
 
 def draw(runs: Sequence[history.RunHistory], verdicts: Sequence[Verdict]):
   """Each run's 50-step mean training error, a panel per net, a colour per warm-up shape."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use("Agg")  # files only: works without a display
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt
 
   nets = list(dict.fromkeys(v.net for v in verdicts))
   fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.2), sharey=True, squeeze=False)

@@ -13,6 +13,8 @@ the loop runs them in order after every dispatch (depthlab/loop.py, `periodic_ac
     Stop              the stop: a collapse or a signal, saying where the run can resume
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 import contextlib
 import dataclasses
@@ -20,16 +22,19 @@ import json
 import math
 import os
 import time
+from typing import TYPE_CHECKING
 
 import jax
 import ml_collections
 import numpy as np
 
-from depthlab import checkpoints, parallel, writers
-from depthlab.collapse import CollapseWatch, TrainingCollapsed, collapse_message
+from depthlab import checkpoints, distributed, errors, parallel, writers
+from depthlab.collapse import CollapseWatch, collapse_message
 from depthlab.evaluation import per_seed_metrics
 from depthlab.state import learning_rate_schedule
-from depthlab.trainer import Trainer
+
+if TYPE_CHECKING:  # the loop passes the Trainer in; importing it would put actions above it
+  from depthlab.trainer import Trainer
 
 # The host dispatches at most this many dispatches ahead of the device: a signal then waits for
 # a few steps, not for a queue of them (76 steps, nearly 4 minutes, seen on ResNet-56 on a CPU).
@@ -258,7 +263,7 @@ class AgreeOnSignal:
     if jax.process_count() == 1:
       tick.signum = self.preemption.signum
     elif every(self.config.log_every_steps, tick.step) or every(self.config.checkpoint_every_steps, tick.step):
-      tick.signum = parallel.max_over_processes(self.preemption.signum)
+      tick.signum = distributed.max_over_processes(self.preemption.signum)
 
 
 class Checkpoint:
@@ -283,7 +288,7 @@ class Stop:
   def __call__(self, tick: Tick) -> None:
     if tick.collapsed:
       self.ckpts.wait()
-      raise TrainingCollapsed(
+      raise errors.TrainingCollapsed(
         f"Stopped at step {tick.step} (config.stop_on_collapse): the net is at chance. The checkpoint of step "
         f"{tick.step} is in {self.ckpts.directory}; rerun with --config.stop_on_collapse=False to train it on, or "
         "--config.restart=True with a longer warm-up or a lower learning rate."

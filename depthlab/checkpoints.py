@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from depthlab import parallel, run_files, validation
+from depthlab import distributed, errors, run_files
 
 # The fields a run cannot change when it resumes: they change the model or the data.
 MUST_MATCH = (
@@ -31,19 +31,13 @@ MUST_MATCH = (
   "dataset.validation_size",
   "dataset.crop_padding",
   "dataset.random_flip",
+  "dataset.augmentation",
+  "dataset.image_size",
   "batch_size",
   "seed",
   "num_seeds",
   "dtype",
 )
-
-
-class ConfigMismatchError(validation.ConfigError):
-  """A workdir's checkpoints were trained with another model or data."""
-
-
-class CorruptCheckpointError(ValueError):
-  """A checkpoint reads back, but not as it was saved."""
 
 
 def _host_array(x: Any) -> np.ndarray:
@@ -68,17 +62,17 @@ def fingerprint(state: Any) -> str:
 
 
 def verify(state: Any, record: dict[str, Any]) -> None:
-  """Raises CorruptCheckpointError if a restored state is not the one saved with `record`."""
+  """Raises errors.CorruptCheckpointError if a restored state is not the one saved with `record`."""
   saved = record.get("fingerprint")  # None: saved before checkpoints carried one
   if saved is not None and fingerprint(state) != saved:
-    raise CorruptCheckpointError("its contents differ from the fingerprint saved with it")
+    raise errors.CorruptCheckpointError("its contents differ from the fingerprint saved with it")
   bad = [
     jax.tree_util.keystr(path)
     for path, leaf in jax.tree_util.tree_leaves_with_path(state)
     if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.isfinite(leaf).all()
   ]
-  if bad:  # training saves only finite states (train.py checks before each save)
-    raise CorruptCheckpointError(f"it holds NaN or infinite values in {', '.join(bad[:3])}")
+  if bad:  # training saves only finite states (Trainer.save checks before each save)
+    raise errors.CorruptCheckpointError(f"it holds NaN or infinite values in {', '.join(bad[:3])}")
 
 
 def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
@@ -90,11 +84,11 @@ def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict)
 
 
 def check_same_model_and_data(record: dict[str, Any], config: ml_collections.ConfigDict, directory: str) -> None:
-  """Raises ConfigMismatchError if the checkpoint saved with `record` (in `directory`) was
+  """Raises errors.ConfigMismatchError if the checkpoint saved with `record` (in `directory`) was
   trained with another model or data than `config` (a MUST_MATCH field differs)."""
   differences = config_differences(record["config"], config)
   if differences:
-    raise ConfigMismatchError(
+    raise errors.ConfigMismatchError(
       [
         f"{directory} holds a run with another model or data; differing fields:\n      "
         + "\n      ".join(differences)
@@ -114,7 +108,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
     for step in ckpts.steps()[::-1]:
       try:
         record = ckpts.record(step)
-      except Exception:  # pylint: disable=broad-except
+      except Exception:
         continue  # an unreadable record: the restore reports it and tries the one before
       check_same_model_and_data(record, config, ckpts.directory)
       return
@@ -147,7 +141,7 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
       )
     except OSError as e:
-      raise run_files.storage_error("checkpoints", self.directory, e) from e
+      raise errors.storage_error("checkpoints", self.directory, e) from e
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -172,7 +166,7 @@ class Checkpoints:
       self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True
       )
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise self._storage_error(step, e) from e
 
   def save_final(self, step: int, final: dict[str, Any]) -> None:
@@ -187,8 +181,8 @@ class Checkpoints:
           os.fsync(f.fileno())
         os.replace(f"{path}.tmp", path)  # all or nothing: a torn final.json would read as no result
       except OSError as e:
-        raise run_files.storage_error(f"the final metrics of step {step}", path, e) from e
-    parallel.sync_processes(f"final_{step}")
+        raise errors.storage_error(f"the final metrics of step {step}", path, e) from e
+    distributed.sync_processes(f"final_{step}")
 
   def restore(
     self,
@@ -218,15 +212,15 @@ class Checkpoints:
         ]
         verify(state, record)
         return candidate, state, record
-      except ConfigMismatchError:
+      except errors.ConfigMismatchError:
         raise
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         if step is not None:
-          raise CorruptCheckpointError(
+          raise errors.CorruptCheckpointError(
             f"Checkpoint of step {step} in {self.directory} is unreadable or "
             f"corrupt: {type(e).__name__}: {str(e)[:300]}"
           ) from e
-        problem = ("is corrupt" if isinstance(e, CorruptCheckpointError) else "is unreadable") + (
+        problem = ("is corrupt" if isinstance(e, errors.CorruptCheckpointError) else "is unreadable") + (
           f" ({type(e).__name__}: {str(e)[:200]})"
         )
         if set_aside:
@@ -245,7 +239,7 @@ class Checkpoints:
       os.makedirs(os.path.dirname(aside), exist_ok=True)
       shutil.rmtree(aside, ignore_errors=True)
       os.replace(os.path.join(self.directory, str(step)), aside)
-    parallel.sync_processes(f"move_aside_{step}")  # the others reload only once it is gone
+    distributed.sync_processes(f"move_aside_{step}")  # the others reload only once it is gone
     self._manager.reload()
     return aside
 
@@ -253,10 +247,10 @@ class Checkpoints:
     """Blocks until the saves in flight are on disk."""
     try:
       self._manager.wait_until_finished()
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise self._storage_error(None, e) from e
 
-  def _storage_error(self, step: int | None, error: BaseException) -> run_files.StorageError:
+  def _storage_error(self, step: int | None, error: BaseException) -> errors.StorageError:
     """What a failed save says: the folder and the cause, in one line (the cause of an
     OSError deep in orbax is found in the exception's chain)."""
     cause = error
@@ -266,7 +260,7 @@ class Checkpoints:
     what = f"checkpoints (noticed saving step {step})" if step is not None else "checkpoints"
     saved = steps_on_disk(os.path.dirname(self.directory))
     last = f"The newest checkpoint on disk is step {saved[-1]}" if saved else "No checkpoint is on disk yet"
-    return run_files.storage_error(what, self.directory, cause or error, saved=f"{last}. ")
+    return errors.storage_error(what, self.directory, cause or error, saved=f"{last}. ")
 
   def close(self) -> None:
     self._manager.close()
@@ -285,7 +279,7 @@ def final_metrics(workdir: str) -> dict[str, Any] | None:
     steps = ckpts.steps()
     final = ckpts.record(steps[-1]).get("final") if steps else None
     return {"step": steps[-1], **final} if final else None
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return None  # an unreadable record: train.py sorts it out when the run resumes
   finally:
     ckpts.close()
@@ -319,7 +313,7 @@ class PreemptionSignal:
     self._watcher.start()
     return self
 
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+  def _handle(self, signum, frame):
     self.signum = self.signum or signum
 
   def _watch(self, read_fd: int) -> None:
@@ -362,7 +356,7 @@ class PreemptionSignal:
     )
     if self._announce:
       print(f"Second signal {signum}: exiting now, without saving; {where}.", file=sys.__stderr__, flush=True)
-    os._exit(128 + signum)  # pylint: disable=protected-access
+    os._exit(128 + signum)
 
   def __exit__(self, *exc):
     signal.set_wakeup_fd(self._previous_wakeup)

@@ -13,8 +13,7 @@ from absl import flags, logging
 import ml_collections
 from ml_collections import config_flags
 
-from depthlab import checkpoints, input_pipeline, parallel, run_files, validation, workdir_lock
-from depthlab.collapse import TrainingCollapsed
+from depthlab import errors
 from depthlab.naming import default_workdir
 
 FLAGS = flags.FLAGS
@@ -83,7 +82,7 @@ def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
     rest = flag_values(argv)
     flag_values.config.keys()  # a config file that failed to load raises only when it is used
   except COMMAND_LINE_ERRORS as e:
-    raise validation.ConfigError([command_line_problem(e, argv[1:])], "The command line") from e
+    raise errors.ConfigError([command_line_problem(e, argv[1:])], "The command line") from e
   return rest
 
 
@@ -104,14 +103,14 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
 
 # Errors whose message tells the user what to do: no traceback needed.
 USER_ERRORS = (
-  validation.ConfigError,
-  input_pipeline.DataNotFoundError,
-  run_files.StorageError,
-  run_files.MetricsFileError,
-  workdir_lock.WorkdirInUseError,
+  errors.ConfigError,
+  errors.DataNotFoundError,
+  errors.StorageError,
+  errors.MetricsFileError,
+  errors.WorkdirInUseError,
 )
 # What the user sets right (exit EXIT_CONFIG); every other error of USER_ERRORS stopped a run (EXIT_FAILURE).
-CONFIG_ERRORS = (validation.ConfigError, input_pipeline.DataNotFoundError)
+CONFIG_ERRORS = (errors.ConfigError, errors.DataNotFoundError)
 
 
 @contextlib.contextmanager
@@ -124,20 +123,20 @@ def user_errors_as_messages(debug: bool = False, also: tuple[type[BaseException]
     if debug:
       raise
     print(f"Error: {e}", file=sys.stderr, flush=True)
-    if isinstance(e, run_files.StorageError):
+    if isinstance(e, errors.StorageError):
       # A failed orbax save leaves threads that wait ~300 s for it before Python may exit.
       sys.stdout.flush()
-      os._exit(EXIT_FAILURE)  # pylint: disable=protected-access
+      os._exit(EXIT_FAILURE)
     raise SystemExit(EXIT_CONFIG if isinstance(e, CONFIG_ERRORS) else EXIT_FAILURE) from None
 
 
 # Errors whose message says what to do, besides USER_ERRORS: printed without a traceback.
 RUN_ERRORS = (
-  checkpoints.ConfigMismatchError,
-  checkpoints.CorruptCheckpointError,
-  parallel.CoordinatorUnreachableError,
+  errors.ConfigMismatchError,
+  errors.CorruptCheckpointError,
+  errors.CoordinatorUnreachableError,
   FloatingPointError,
-  TrainingCollapsed,
+  errors.TrainingCollapsed,
 )
 
 
@@ -175,7 +174,7 @@ def libraries_logged_to(path: str) -> Iterator[None]:
   until the process ends, since the libraries' threads go on printing until then."""
   handler, console = logging.get_absl_handler().python_handler, sys.stderr
   absl_stream, raise_exceptions = handler.stream, python_logging.raiseExceptions
-  log = open(path, "a", buffering=1)  # pylint: disable=consider-using-with
+  log = open(path, "a", buffering=1)
   handler.stream, sys.stderr = log, ConsoleForMainThread(console, log)
   # A log line that cannot be written (a full disk) is dropped, not told on the console as
   # "--- Logging error ---" and a traceback.

@@ -1,5 +1,5 @@
 """Finds a run whose net has stopped learning (its training loss and error at chance) and
-says so: at_chance, CollapseWatch, the alarm's text and the TrainingCollapsed error."""
+says so: at_chance, CollapseWatch, the alarm's text and the errors.TrainingCollapsed error."""
 
 import math
 
@@ -16,10 +16,6 @@ def at_chance(loss: float, error: float, num_classes: int) -> bool:
   """True if a training loss and error are those of a net that has stopped learning:
   uniform (or constant) predictions give loss ln(num_classes) and error 1 - 1/num_classes."""
   return abs(loss - math.log(num_classes)) < CHANCE_LOSS_MARGIN and error > 1 - 1 / num_classes - CHANCE_ERROR_MARGIN
-
-
-class TrainingCollapsed(RuntimeError):
-  """A run stopped because its net is at chance (config.stop_on_collapse)."""
 
 
 class CollapseWatch:
@@ -79,6 +75,6 @@ def collapse_message(
     f"{100 * line[f'{p}train_error']:.1f}% in every log line of steps {first}-{step}, after the warm-up. "
     "Likely cause: the first steps at the full learning rate blew the net up and left it predicting one "
     f"class. Fix: warm up longer (--config.warmup_steps, now {config.warmup_steps}) or lower "
-    f"--config.learning_rate (now {config.learning_rate}); see README, 'The recipe'."
+    f"--config.learning_rate (now {config.learning_rate}); see docs/recipe.md."
   )
   return title, text

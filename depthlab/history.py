@@ -11,9 +11,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from depthlab import run_files
+from depthlab import errors, run_files
 from depthlab.naming import net_name
-from depthlab.run_files import RunFileError, load_run_config, read_config_json
+from depthlab.run_files import load_run_config, read_config_json
 from depthlab.state import seeds
 
 
@@ -72,13 +72,13 @@ def load_local_runs(path: str) -> tuple[list[RunHistory], list[str]]:
     if "metrics.jsonl" in files or "config.json" in files:
       try:
         runs.append(load_local_run(folder))
-      except (FileNotFoundError, RunFileError, run_files.MetricsFileError) as e:
+      except (FileNotFoundError, errors.RunFileError, errors.MetricsFileError) as e:
         skipped.append(f"{folder}: {e}")
   return runs, skipped
 
 
 def load_local_run(workdir: str) -> RunHistory:
-  """The run in `workdir`; FileNotFoundError, RunFileError or MetricsFileError naming the file
+  """The run in `workdir`; FileNotFoundError, errors.RunFileError or MetricsFileError naming the file
   that is missing or damaged."""
   config = load_run_config(workdir)
   if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
@@ -89,7 +89,7 @@ def load_local_run(workdir: str) -> RunHistory:
 
 def load_wandb_sweep(sweep_path: str) -> list[RunHistory]:
   """The runs of a wandb sweep ('entity/project/sweep_id'), read through the public API."""
-  import wandb  # pylint: disable=g-import-not-at-top
+  import wandb
 
   runs = []
   for run in wandb.Api().sweep(sweep_path).runs:

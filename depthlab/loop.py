@@ -10,7 +10,7 @@ import time
 import jax
 import ml_collections
 
-from depthlab import actions, checkpoints, parallel, run_files, validation, writers
+from depthlab import actions, checkpoints, distributed, errors, parallel, run_files, writers
 from depthlab.naming import run_name
 from depthlab.trainer import Trainer, training_devices
 
@@ -22,7 +22,7 @@ def train_and_evaluate(
 
   `data_parallel`: the devices, as trainer.training_devices chose them (by default, here).
   A multi-process run must have started JAX's runtime first (train.py does:
-  parallel.maybe_initialize_distributed), and holds the workdir (workdir_lock.hold).
+  distributed.maybe_initialize_distributed), and holds the workdir (workdir_lock.hold).
   """
   run_start = time.perf_counter()
   data_parallel = data_parallel or training_devices(config, workdir)
@@ -31,7 +31,7 @@ def train_and_evaluate(
     for name in ("metrics.jsonl", "wandb_run_id"):
       if os.path.exists(os.path.join(workdir, name)):
         os.remove(os.path.join(workdir, name))
-  parallel.sync_processes("restart")  # no process may find the checkpoints process 0 is deleting
+  distributed.sync_processes("restart")  # no process may find the checkpoints process 0 is deleting
 
   # From here a signal stops the run at a step boundary; a KeyboardInterrupt inside XLA's
   # compiler could end the process in a segmentation fault.
@@ -44,7 +44,7 @@ def train_and_evaluate(
       if trainer.step >= config.total_steps and "final" in record:
         return report_finished(workdir, trainer.step, record["final"])
       if trainer.step > config.total_steps:
-        raise validation.ConfigError(
+        raise errors.ConfigError(
           [
             f"total_steps {config.total_steps}: {workdir} has a checkpoint at step {trainer.step}, beyond it; "
             "raise --config.total_steps or use another --workdir."

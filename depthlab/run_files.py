@@ -14,25 +14,11 @@ from typing import Any
 import ml_collections
 
 from configs import default
-
-
-class StorageError(OSError):
-  """A run's files cannot be written (out of space, an unwritable or vanished folder): one
-  message that names the path and the cause, for the user rather than a traceback."""
-
-
-def storage_error(what: str, path: str, error: BaseException, saved: str = "") -> StorageError:
-  """A StorageError saying that `what` could not be written to `path`, and why; `saved`: what
-  is safe on disk, as a sentence."""
-  cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
-  return StorageError(
-    f"Cannot write {what} to {path}: {cause}. {saved}Free space there, make it writable, "
-    "or use another --workdir; then run the same command again to resume."
-  )
+from depthlab import errors
 
 
 def check_writable(folder: str) -> None:
-  """Creates `folder` and writes a probe file in it, or raises a StorageError: a run finds
+  """Creates `folder` and writes a probe file in it, or raises a errors.StorageError: a run finds
   out at start, not at its first checkpoint, that it cannot write."""
   probe = os.path.join(folder, f".write_test_{os.getpid()}")
   try:
@@ -43,7 +29,7 @@ def check_writable(folder: str) -> None:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise storage_error("the run's files", folder, e) from e
+    raise errors.storage_error("the run's files", folder, e) from e
 
 
 def flatten_config(config: ml_collections.ConfigDict, prefix: str = "config.") -> dict[str, Any]:
@@ -57,10 +43,6 @@ def flatten_config(config: ml_collections.ConfigDict, prefix: str = "config.") -
   return flat
 
 
-class MetricsFileError(ValueError):
-  """A metrics.jsonl that is damaged beyond a torn last line."""
-
-
 def read_metrics_file(path: str) -> list[dict[str, float]]:
   """The lines of a metrics.jsonl, in order (see `read_json_lines`)."""
   return read_json_lines(path, "step", "metrics line")
@@ -72,7 +54,7 @@ def read_json_lines(path: str, key: str, what: str) -> list[dict[str, Any]]:
 
   A crash or a full disk during a write leaves at most one incomplete last line: it is
   skipped with a warning naming the file and the line. A bad line anywhere else is a
-  MetricsFileError naming them.
+  errors.MetricsFileError naming them.
   """
   with open(path, "rb") as f:
     raw_lines = f.read().split(b"\n")
@@ -87,7 +69,7 @@ def read_json_lines(path: str, key: str, what: str) -> list[dict[str, Any]]:
       if i == len(numbered) - 1:
         print(f"{path}: line {number} is incomplete (a write cut short); skipping it.", file=sys.stderr, flush=True)
         break
-      raise MetricsFileError(
+      raise errors.MetricsFileError(
         f"{path}: line {number} is not a {what} ({e}: {raw[:80]!r}); "
         "only the last line may be incomplete. Remove or repair that line."
       ) from e
@@ -122,14 +104,10 @@ def write_json_lines(path: str, lines: list[dict[str, Any]]) -> None:
   os.replace(f"{path}.tmp", path)
 
 
-class RunFileError(ValueError):
-  """A run's config.json that does not read back as the JSON object train.py wrote."""
-
-
 def read_config_json(workdir: str) -> dict[str, Any]:
   """A run's config.json as train.py wrote it (the config's fields and num_params).
 
-  FileNotFoundError if there is none; a RunFileError naming it if it is damaged.
+  FileNotFoundError if there is none; a errors.RunFileError naming it if it is damaged.
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -140,7 +118,7 @@ def read_config_json(workdir: str) -> dict[str, Any]:
     if not isinstance(saved, dict):
       raise ValueError(f"a JSON {type(saved).__name__}, not an object")
   except ValueError as e:  # json's errors and UnicodeDecodeError are ValueErrors
-    raise RunFileError(
+    raise errors.RunFileError(
       f"{path} is damaged ({e}): put back a good copy of the run's config "
       "(train.py writes it again when it resumes an unfinished run)."
     ) from e

@@ -1,5 +1,5 @@
-"""What a run trains and starts from: the model, its optimizer and schedule, the seeds and
-keys, and the initial train state (TrainState)."""
+"""What a run starts from and how it steps: the train state (TrainState), the optimizer and
+its schedule, the seeds and the keys of each, and the initial state of a model."""
 
 from typing import Any
 
@@ -10,11 +10,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-
-from depthlab import parallel
-import nets
-
-AXIS = parallel.AXIS
 
 
 class TrainState(train_state.TrainState):
@@ -47,21 +42,8 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   )
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  return nets.create(
-    config.model.name,
-    num_classes=num_classes,
-    dtype=jnp.dtype(config.dtype),
-    axis_name=AXIS if config.cross_replica_bn else None,
-    conv_weight_grad=config.conv_weight_grad,
-    **{k: v for k, v in config.model.items() if k != "name"},
-  )
-
-
 def seeds(config: ml_collections.ConfigDict) -> list[int]:
   """The seeds a run trains: config.seed, and the next ones when config.num_seeds > 1."""
-  if config.num_seeds < 1:
-    raise ValueError(f"num_seeds must be at least 1; got {config.num_seeds}.")
   return list(range(config.seed, config.seed + config.num_seeds))
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from depthlab import input_pipeline, parallel
+from depthlab import batches, parallel
 from depthlab.state import TrainState
 
 AXIS = parallel.AXIS
@@ -91,10 +91,10 @@ def train_step_on_device(
   global_batch = config.batch_size
   local_batch = global_batch // num_devices
   start = jax.lax.axis_index(AXIS) * local_batch
-  indices = input_pipeline.batch_indices(orders, step, global_batch)
+  indices = batches.batch_indices(orders, step, global_batch)
   device_share = lambda x: jax.lax.dynamic_slice_in_dim(x, start, local_batch)
   local = device_share(indices)
-  images = input_pipeline.augment(
+  images = batches.augment(
     data["image"][local],
     data["mean"],
     jax.random.fold_in(augment_key, step),
@@ -182,7 +182,7 @@ def eval_on_device(
   variables = {"params": state.params, "batch_stats": state.batch_stats}
 
   def chunk_sums(totals, chunk):
-    logits = state.apply_fn(variables, input_pipeline.eval_images(chunk["image"], mean, image_size), train=False)
+    logits = state.apply_fn(variables, batches.eval_images(chunk["image"], mean, image_size), train=False)
     loss, error = loss_and_error(logits, chunk["label"])
     sums = {"loss": (loss * chunk["mask"]).sum(), "errors": (error * chunk["mask"]).sum(), "count": chunk["mask"].sum()}
     return jax.tree_util.tree_map(jnp.add, totals, sums), None

@@ -16,12 +16,13 @@ import json
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from depthlab import checkpoints, evaluation, input_pipeline, parallel, run_files, validation
-from depthlab.state import create_model, create_train_state, run_keys, step_count
+from depthlab import batches, checkpoints, errors, evaluation, input_pipeline, parallel, run_files, validation
+from depthlab.state import create_train_state, run_keys, step_count
 from depthlab.steps import data_keys, steps_on_device
 import nets
 
@@ -43,8 +44,8 @@ def training_devices(config: ml_collections.ConfigDict, workdir: str | None = No
   resuming = bool(workdir) and not config.restart and checkpoints.has_checkpoints(workdir)
   problems = validation.device_problems(config, jax.device_count(), jax.process_count(), resuming)
   if problems:
-    raise validation.ConfigError(problems)
-  return parallel.DataParallel(config.parallelism, config.num_devices)
+    raise errors.ConfigError(problems)
+  return parallel.data_parallel(config.parallelism, config.num_devices)
 
 
 class EpochOrders:
@@ -52,7 +53,7 @@ class EpochOrders:
 
   Each epoch's order (a permutation of all examples, a sort) is computed when the loop
   enters the epoch, not in every step, on the devices that run the step: the batches
-  are those input_pipeline.global_batch_indices defines.
+  are those batches.global_batch_indices defines.
   """
 
   def __init__(
@@ -62,12 +63,10 @@ class EpochOrders:
     data_key: jax.Array,
     num_examples: int,
   ):
-    self.steps_per_epoch = input_pipeline.steps_per_epoch(num_examples, config.batch_size)
+    self.steps_per_epoch = batches.steps_per_epoch(num_examples, config.batch_size)
     # A dispatch starting in epoch e reaches e + 1 (or further when it is longer than an epoch).
     num_epochs = (config.steps_per_dispatch - 1) // self.steps_per_epoch + 2
-    orders = lambda key_data, epoch: input_pipeline.epoch_orders(
-      data_keys(key_data)[0], epoch, num_epochs, num_examples
-    )
+    orders = lambda key_data, epoch: batches.epoch_orders(data_keys(key_data)[0], epoch, num_epochs, num_examples)
     self._orders = jax.jit(jax.vmap(orders, in_axes=(0, None)) if config.num_seeds > 1 else orders)
     self._key_data, self._data_parallel = jax.random.key_data(data_key), data_parallel
     self._epoch, self._replicated = None, None
@@ -78,6 +77,18 @@ class EpochOrders:
     if epoch != self._epoch:
       self._epoch, self._replicated = epoch, self._data_parallel.replicate(self._orders(self._key_data, epoch))
     return self._replicated
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """The config's net (nets/), with batch norm over all devices' batches where config.cross_replica_bn."""
+  return nets.create(
+    config.model.name,
+    num_classes=num_classes,
+    dtype=jnp.dtype(config.dtype),
+    axis_name=parallel.AXIS if config.cross_replica_bn else None,
+    conv_weight_grad=config.conv_weight_grad,
+    **{k: v for k, v in config.model.items() if k != "name"},
+  )
 
 
 @jax.jit
@@ -105,7 +116,7 @@ class Trainer:
     self.dataset = dataset or input_pipeline.load_dataset(config.dataset)
     self.model = create_model(config, self.dataset.num_classes)
     self.init_key, self.data_key = run_keys(config)  # one per seed with num_seeds > 1
-    image_shape = input_pipeline.input_shape(config.dataset, self.dataset.train.images.shape[1:])
+    image_shape = batches.input_shape(config.dataset, self.dataset.train.images.shape[1:])
     initial = create_train_state(config, self.model, self.init_key, image_shape)
     self.num_params = nets.count_params(initial.params) // config.num_seeds  # of one net
     self.state = data_parallel.replicate(initial)
@@ -187,14 +198,16 @@ def evaluate_checkpoint(
   if data_dir:
     config.dataset.data_dir = data_dir
   use_compilation_cache(config.compilation_cache_dir)
-  trainer = Trainer(config, parallel.DataParallel(config.parallelism, num_devices))
+  if num_devices > jax.device_count():
+    raise errors.ConfigError([f"--num_devices={num_devices}: only {jax.device_count()} devices here; 0 uses all."])
+  trainer = Trainer(config, parallel.data_parallel(config.parallelism, num_devices))
   ckpts = checkpoints.Checkpoints(workdir)
   try:
     record = trainer.restore(ckpts, step, set_aside=False)  # an evaluator leaves the run as it is
   finally:
     ckpts.close()
   if record is None:
-    raise checkpoints.CorruptCheckpointError(
+    raise errors.CorruptCheckpointError(
       f"No checkpoint in {ckpts.directory} reads back intact (each is reported above); nothing was evaluated."
     )
   results = {"step": trainer.step, "devices": trainer.data_parallel.count, **trainer.evaluate(include_train)}

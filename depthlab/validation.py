@@ -1,7 +1,7 @@
 """A user's mistakes, caught before anything heavy starts and told as one message.
 
 `validate_config` checks a parsed config in one pass (field names against configs/default.py,
-none missing; types, ranges and the relations between fields) and raises a ConfigError listing
+none missing; types, ranges and the relations between fields) and raises a errors.ConfigError listing
 every problem with its fix; cli.user_errors_as_messages turns it (and the other errors that are
 the user's to fix: a full disk, a damaged file) into that message and an exit code, without
 a Python traceback.
@@ -16,13 +16,14 @@ from typing import Any
 import ml_collections
 
 from configs import default
-from depthlab import input_pipeline, parallel, run_files, writers
+from depthlab import batches, errors, parallel, run_files
 import nets
 from nets import cifar_resnet, cpu_conv, preact_resnet
 
 DTYPES = ("float32", "bfloat16", "float16")
 SEED_BATCHING = ("auto", "vmap", "loop")
 WARMUP_SHAPES = ("constant", "linear")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 # Fields that must be at least 1, at least 0, and choices: what each may be.
 AT_LEAST_ONE = (
@@ -55,20 +56,9 @@ CHOICES = {
   "conv_weight_grad": cpu_conv.MODES,
   "seed_batching": SEED_BATCHING,
   "warmup_shape": WARMUP_SHAPES,
-  "wandb.mode": writers.WANDB_MODES,
-  "dataset.augmentation": input_pipeline.AUGMENTATIONS,
+  "wandb.mode": WANDB_MODES,
+  "dataset.augmentation": batches.AUGMENTATIONS,
 }
-
-
-class ConfigError(ValueError):
-  """A config (or sweep file) the user must fix; the message lists every problem."""
-
-  def __init__(self, problems: list[str], what: str = "The config"):
-    self.problems = problems
-    super().__init__(
-      f"{what} has {len(problems)} problem{'s' if len(problems) > 1 else ''}; nothing "
-      "was started:\n  - " + "\n  - ".join(problems)
-    )
 
 
 def did_you_mean(name: str, known: list[str]) -> str:
@@ -83,7 +73,7 @@ def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _net_fields(name: str) -> dict[str, dataclasses.Field]:
   """The constructor fields of a registered net, those train.py sets itself left out."""
-  module = nets._REGISTRY[name]  # pylint: disable=protected-access
+  module = nets._REGISTRY[name]
   module = getattr(module, "func", module)  # vgg16, resnet50, ...: partials with the depth bound
   return {
     f.name: f
@@ -175,8 +165,15 @@ def range_problems(config: ml_collections.ConfigDict) -> list[str]:
   boundaries = list(flat.get("lr_boundaries", ()))
   if any(b < 1 for b in boundaries) or boundaries != sorted(set(boundaries)):
     bad("lr_boundaries", "must be increasing steps of at least 1", "set --config.lr_boundaries, e.g. '(32000, 48000)'")
-  if flat.get("dataset.augmentation") == "random_resized_crop" and not flat.get("dataset.image_size"):
-    bad("dataset.augmentation", "random_resized_crop needs an image size", "set --config.dataset.image_size")
+  augmentation, image_size = flat.get("dataset.augmentation"), flat.get("dataset.image_size")
+  if augmentation == "random_resized_crop" and not image_size:
+    bad("dataset.augmentation", "random_resized_crop needs an image size", "set --config.dataset.image_size, e.g. 224")
+  if augmentation == "pad_crop_flip" and image_size:
+    bad(
+      "dataset.image_size",
+      "pad_crop_flip crops the images as stored",
+      "set --config.dataset.image_size=0, or --config.dataset.augmentation=random_resized_crop",
+    )
   problems += model_problems(config)
   return problems
 
@@ -245,7 +242,7 @@ def device_problems(
 def validate_config(
   config: ml_collections.ConfigDict, workdir: str | None = None, num_devices: int | None = None
 ) -> None:
-  """Raises a ConfigError listing every problem of `config` (and of `workdir`: it must not
+  """Raises a errors.ConfigError listing every problem of `config` (and of `workdir`: it must not
   be a file); `num_devices`, when known, must divide the batch."""
   problems = unknown_field_problems(config) + missing_field_problems(config) + type_problems(config)
   if not problems:  # ranges of values of the wrong type would only repeat the type problem
@@ -255,4 +252,4 @@ def validate_config(
   if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
     problems.append(f"--workdir={workdir}: is a file; give a folder (it is created if missing).")
   if problems:
-    raise ConfigError(problems)
+    raise errors.ConfigError(problems)

@@ -25,14 +25,10 @@ from typing import Any
 
 import jax
 
-from depthlab import parallel, run_files
+from depthlab import distributed, errors, run_files
 
 LOCK_FILE = "run.lock"
 HELD = (errno.EACCES, errno.EAGAIN)  # what lockf raises when another process holds the lock
-
-
-class WorkdirInUseError(RuntimeError):
-  """Another process holds the workdir."""
 
 
 def _holder(fd: int) -> dict[str, Any]:
@@ -75,7 +71,7 @@ def _refusal(workdir: str, holder: dict[str, Any]) -> str:
 @contextlib.contextmanager
 def hold(workdir: str, wait_seconds: float = 2.0) -> Iterator[None]:
   """Holds the workdir's lock for the `with` block (process 0 takes it for all processes), or
-  raises WorkdirInUseError naming the holder. Creates the workdir (a StorageError if it cannot)."""
+  raises errors.WorkdirInUseError naming the holder. Creates the workdir (a StorageError if it cannot)."""
   fd, refusal = None, ""
   if jax.process_index() == 0:
     run_files.check_writable(workdir)
@@ -90,7 +86,7 @@ def hold(workdir: str, wait_seconds: float = 2.0) -> Iterator[None]:
       if fd is not None:
         os.close(fd)
       if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-        raise run_files.storage_error("the workdir's lock", path, e) from e
+        raise errors.storage_error("the workdir's lock", path, e) from e
       fd = None  # a filesystem without locks: warn, and train unlocked
       print(
         f"Warning: {workdir} is on a filesystem that cannot lock files ({e.strerror}); nothing stops a "
@@ -100,8 +96,8 @@ def hold(workdir: str, wait_seconds: float = 2.0) -> Iterator[None]:
       )
     if refusal:
       os.close(fd)
-  if parallel.max_over_processes(int(bool(refusal))):
-    raise WorkdirInUseError(refusal or f"{workdir} is in use by another run (process 0 says which).")
+  if distributed.max_over_processes(int(bool(refusal))):
+    raise errors.WorkdirInUseError(refusal or f"{workdir} is in use by another run (process 0 says which).")
   try:
     yield
   finally:

@@ -16,9 +16,7 @@ import uuid
 
 import ml_collections
 
-from depthlab import run_files
-
-WANDB_MODES = ("auto", "online", "offline", "disabled")
+from depthlab import errors, run_files
 
 
 def has_wandb_credentials(environ: Mapping[str, str] = os.environ, netrc_path: str | None = None) -> bool:
@@ -34,8 +32,6 @@ def has_wandb_credentials(environ: Mapping[str, str] = os.environ, netrc_path: s
 
 def resolve_wandb_mode(mode: str, environ: Mapping[str, str] = os.environ, netrc_path: str | None = None) -> str:
   """The wandb mode a run uses: never one that would stop at wandb's interactive login prompt."""
-  if mode not in WANDB_MODES:
-    raise ValueError(f"wandb.mode must be one of {WANDB_MODES}; got {mode!r}.")
   if mode == "auto":
     mode = environ.get("WANDB_MODE") or "online"
   if mode == "online" and not has_wandb_credentials(environ, netrc_path):
@@ -81,7 +77,7 @@ class MetricWriter:
       # only the line being written, never interleave or reorder lines.
       self._jsonl = os.open(self._paths[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as e:
-      raise run_files.storage_error("config.json and metrics.jsonl", workdir, e) from e
+      raise errors.storage_error("config.json and metrics.jsonl", workdir, e) from e
     resumed = f" (resuming at step {first_step})" if first_step else ""
     print(f"{run_name}: {num_params:,} parameters; writing to {workdir}{resumed}", flush=True)
     self._start_wandb(workdir, config, run_name, num_params)
@@ -91,7 +87,7 @@ class MetricWriter:
     if mode == "disabled":
       return
     try:
-      import wandb  # pylint: disable=g-import-not-at-top
+      import wandb
 
       if os.environ.get("WANDB_SWEEP_ID"):
         # In a sweep the agent sets the run's id (a requeued run gets its old one back),
@@ -110,7 +106,7 @@ class MetricWriter:
         **where,
       )
       self._wandb_run.summary["num_params"] = num_params
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       print(f"wandb: could not start ({e}); training goes on without it.", file=sys.stderr, flush=True)
       self._wandb_run = None
 
@@ -128,7 +124,7 @@ class MetricWriter:
     if self._wandb_run is not None:
       try:
         self._wandb_run.mark_preempting()
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         print(f"wandb: mark_preempting failed ({e}).", file=sys.stderr, flush=True)
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -143,11 +139,11 @@ class MetricWriter:
       if os.write(self._jsonl, data) < len(data):
         raise OSError(errno.ENOSPC, "a write was cut short (is the disk full?)")
     except OSError as e:
-      raise run_files.storage_error(f"the metrics of step {step}", self._paths[1], e) from e
+      raise errors.storage_error(f"the metrics of step {step}", self._paths[1], e) from e
     if self._wandb_run is not None:
       try:
         self._wandb_run.log(dict(metrics), step=step)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         print(f"wandb: log failed ({e}); stopping wandb, training goes on.", file=sys.stderr, flush=True)
         self._wandb_run = None
 
@@ -175,7 +171,7 @@ class MetricWriter:
       try:
         self._wandb_run.summary["alert"] = title
         self._wandb_run.alert(title=title, text=text)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         print(f"wandb: alert failed ({e}).", file=sys.stderr, flush=True)
 
   def check_on_disk(self) -> None:
@@ -185,7 +181,7 @@ class MetricWriter:
       return
     for path in self._paths:
       if not os.path.exists(path):
-        raise run_files.storage_error(
+        raise errors.storage_error(
           os.path.basename(path),
           os.path.dirname(path),
           FileNotFoundError(errno.ENOENT, "it was deleted during the run"),
@@ -196,7 +192,7 @@ class MetricWriter:
     if self._wandb_run is not None:
       try:
         self._wandb_run.summary.update(dict(summary))
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         print(f"wandb: summary failed ({e}).", file=sys.stderr, flush=True)
 
   def __enter__(self):
@@ -209,7 +205,7 @@ class MetricWriter:
     if self._wandb_run is not None:
       try:
         self._wandb_run.finish(exit_code=1 if exc[0] else 0)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         print(f"wandb: finish failed ({e}).", file=sys.stderr, flush=True)
       if (
         self._wandb_mode == "offline"

@@ -1,10 +1,10 @@
 """The model registry: `create(name, **kwargs)` builds any network by its config name.
 
 Every net takes `num_classes`, `dtype`, a batch-norm `axis_name` and `conv_weight_grad`,
-how its convolutions take their weight gradient (nets/cpu_conv.py; train.py passes all
+how its convolutions take their weight gradient (nets/cpu_conv.py; depthlab/trainer.py passes all
 four) and is called as `model.apply(variables, images, train=...)`. It returns logits,
 except a net with auxiliary classifiers in training (GoogLeNet), which returns
-`(logits, (aux_logits, ...))`; train.py adds the auxiliary losses with
+`(logits, (aux_logits, ...))`; the train step (depthlab/steps.py) adds the auxiliary losses with
 config.aux_loss_weight.
 """
 

@@ -12,15 +12,15 @@ output gradient ([images*positions, d]), taken a few images at a time (`IMAGES_P
 a lax.scan) so that each chunk's patches stay in the cache. XLA's own CPU lowering of
 this gradient is a convolution with the whole feature map as its kernel, which runs
 3-10x slower than the forward convolution on a CIFAR ResNet's layers (16 channels at
-32x32 the worst); the gradient by patches runs 2-7x faster than XLA's (see the README's
-Benchmarks section). On GPU and TPU the vendors' libraries are fast, so there it is lax's.
+32x32 the worst); the gradient by patches runs 2-7x faster than XLA's (see docs/performance.md,
+'What makes the step fast'). On GPU and TPU the vendors' libraries are fast, so there it is lax's.
 
 `use_fast_xla_cpu_flags()` keeps XLA's CPU convolutions its own rather than YNNPACK's
 (XLA_CPU_FLAGS) where the backend will be the CPU; the entry points call it before JAX starts.
 
 Each convolution is given its weight gradient where the model is created: every net takes a
 field `conv_weight_grad`, one of MODES: "auto" (patches on CPU, lax elsewhere), "patches"
-or "lax"; train.py's create_model passes config.conv_weight_grad. Nothing else decides it.
+or "lax"; depthlab/trainer.py's create_model passes config.conv_weight_grad. Nothing else decides it.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +45,7 @@ NHWC = ("NHWC", "HWIO", "NHWC")  # the layout of the nets (flax's default)
 
 # XLA's CPU backend hands convolutions to YNNPACK by default. On a CIFAR ResNet's layers
 # its own (Eigen) convolutions are faster: 16x16x32 and 8x8x64 layers 2x, the whole
-# ResNet-56 step 1.3x (README, "What makes the step fast"). Only where the backend is
+# ResNet-56 step 1.3x (docs/performance.md, "What makes the step fast"). Only where the backend is
 # CPU: an XLA built without the flag (another version, another platform) aborts on it.
 XLA_CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
 
@@ -55,7 +55,7 @@ def accelerator_plugins() -> list[str]:
   `jax_plugins` namespace package or entry points, as jax finds them) and libtpu."""
   found = []
   try:
-    import jax_plugins  # pylint: disable=g-import-not-at-top
+    import jax_plugins
 
     found += [name for _, name, _ in pkgutil.iter_modules(jax_plugins.__path__)]
   except ImportError:

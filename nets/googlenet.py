@@ -31,7 +31,7 @@ is followed by ReLU. Without the auxiliary classifiers and without batch norm:
 The two auxiliary classifiers (section 5) read the outputs of 4a and 4d: 5x5/3 average
 pooling, a 1x1 conv with 128 filters, a fully connected layer of 1024 units, 70% dropout,
 and a linear layer to the classes. They exist only in training: with `train=True` the
-net returns `(logits, (aux_4a, aux_4d))` and train.py adds each auxiliary loss with
+net returns `(logits, (aux_4a, aux_4d))` and the train step (depthlab/steps.py) adds each auxiliary loss with
 weight config.aux_loss_weight (the paper's 0.3); at evaluation it returns the logits.
 
 Options beyond the paper: `batch_norm` (between each conv and its ReLU, replacing the

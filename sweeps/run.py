@@ -42,13 +42,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from depthlab import (
-  checkpoints,  # pylint: disable=g-import-not-at-top,wrong-import-position
-  cli,  # pylint: disable=g-import-not-at-top,wrong-import-position
-  naming,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  checkpoints,
+  cli,
+  errors,
+  naming,
   run_files,
-  validation,  # pylint: disable=g-import-not-at-top,wrong-import-position
-  workdir_lock,  # pylint: disable=g-import-not-at-top,wrong-import-position
-  writers,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  validation,
+  workdir_lock,
+  writers,
 )
 
 # The agent's command when a sweep file names none.
@@ -81,18 +82,18 @@ def load_sweep(path: str) -> dict[str, Any]:
     with open(path, "rb") as f:  # as bytes: yaml decodes them, with a ReaderError if they are not text
       sweep = yaml.safe_load(f)
   except OSError as e:
-    raise validation.ConfigError([f"{path}: cannot read it ({e.strerror})."], "The sweep") from e
+    raise errors.ConfigError([f"{path}: cannot read it ({e.strerror})."], "The sweep") from e
   except yaml.reader.ReaderError as e:
-    raise validation.ConfigError(
+    raise errors.ConfigError(
       [f"{path}: not a text file; give a sweep YAML such as sweeps/fig6_reduced.yaml."], "The sweep"
     ) from e
   except yaml.YAMLError as e:
-    raise validation.ConfigError(
+    raise errors.ConfigError(
       [f"{path}: not valid YAML ({str(e).splitlines()[0]} {getattr(e, 'problem_mark', '') or ''})".strip()], "The sweep"
     ) from e
   problems = sweep_problems(sweep)
   if problems:
-    raise validation.ConfigError(problems, f"The sweep file {path}")
+    raise errors.ConfigError(problems, f"The sweep file {path}")
   sweep.setdefault("name", os.path.splitext(os.path.basename(path))[0])
   return sweep
 
@@ -288,7 +289,7 @@ def plan(sweep: dict[str, Any], count: int | None = None, seed: int = 0) -> list
     try:
       config, workdir = cli.parse_command_line(train_args(sweep, command))
       validation.validate_config(config, workdir)
-    except validation.ConfigError as e:
+    except errors.ConfigError as e:
       problems += [
         f"run {i + 1} ({' '.join(agent_args(params)['args'])}): {p}"
         for p in e.problems
@@ -303,7 +304,7 @@ def plan(sweep: dict[str, Any], count: int | None = None, seed: int = 0) -> list
     workdirs[workdir] = i
     runs.append(Run(i, params, command, config, workdir))
   if problems:
-    raise validation.ConfigError(problems, "The sweep")
+    raise errors.ConfigError(problems, "The sweep")
   return runs
 
 
@@ -339,7 +340,7 @@ def final_line(workdir: str) -> dict[str, float]:
     return {}
   try:
     lines = run_files.read_metrics(workdir)
-  except run_files.MetricsFileError as e:  # one damaged run leaves the others' table
+  except errors.MetricsFileError as e:  # one damaged run leaves the others' table
     print(e, file=sys.stderr, flush=True)
     return {}
   evaluated = [line for line in lines if "test_error" in line]
@@ -420,7 +421,7 @@ def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None)
   parallel = max(1, min(parallel, len(todo)))
   stop = {"signum": 0}
 
-  def forward(signum, frame):  # pylint: disable=unused-argument
+  def forward(signum, frame):
     stop["signum"] = signum  # the runs checkpoint and exit; no new ones start
     for run in todo:
       if run.process and run.process.poll() is None:

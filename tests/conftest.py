@@ -16,14 +16,14 @@ os.environ["XLA_FLAGS"] = " ".join(
 # the tests' subprocesses (train.py runs, PyTorch twins); inherited by them all.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import jax  # pylint: disable=g-import-not-at-top
+import jax
 import jax.numpy as jnp
-import pytest  # pylint: disable=g-import-not-at-top
-import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+import pytest
+import tensorflow_datasets as tfds
 
-from configs import default  # pylint: disable=g-import-not-at-top
-from depthlab import cli, run_files  # pylint: disable=g-import-not-at-top
-import nets  # pylint: disable=g-import-not-at-top
+from configs import default
+from depthlab import cli, run_files
+import nets
 
 # Many tests compile the same tiny train step; compile it once per machine.
 jax.config.update(

@@ -39,7 +39,7 @@ def main() -> None:
   if args and args[0].startswith("--sigterm_at_step="):
     send_sigterm_at(int(args.pop(0).split("=", 1)[1]))
   script = os.path.join(REPO, args[0])
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
 
   sys.argv = [script, *args[1:]]
   with tfds.testing.mock_data(num_examples=256):  # the mock_cifar10 fixture's data

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from depthlab import actions, parallel
-from depthlab.collapse import TrainingCollapsed
+from depthlab import actions, errors, parallel
 
 
 class Writer:
@@ -45,7 +44,7 @@ def config():
 
 
 def fake_trainer(config, evaluations=None):
-  data_parallel = parallel.DataParallel("pmap", num_devices=1)
+  data_parallel = parallel.data_parallel("pmap", num_devices=1)
   evaluate = lambda: (
     (evaluations.append(1) if evaluations is not None else None) or {"test_error": 0.5, "test_examples": 9}
   )
@@ -142,7 +141,7 @@ def test_a_collapse_stops_the_run_saying_how_to_go_on(config):
   stop = actions.Stop(types.SimpleNamespace(directory="/w/checkpoints", wait=lambda: None), Writer())
   t = tick(trainer, 63)
   t.collapsed = True
-  with pytest.raises(TrainingCollapsed, match="--config.stop_on_collapse=False"):
+  with pytest.raises(errors.TrainingCollapsed, match="--config.stop_on_collapse=False"):
     stop(t)
 
 

@@ -120,7 +120,7 @@ def test_several_seeds_count_every_seeds_images(tmp_path):
 @requires_torch
 @pytest.mark.parametrize("depth,residual,shortcut", [(20, True, "A"), (20, False, "A"), (32, True, "B")])
 def test_torch_net_has_exactly_our_parameter_count(depth, residual, shortcut):
-  from benchmarks import torch_resnet  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_resnet
 
   ours = cifar_resnet_params(depth=depth, residual=residual, shortcut=shortcut)
   assert torch_resnet.count_params(torch_resnet.CifarResNet(depth, residual, shortcut)) == ours
@@ -131,9 +131,9 @@ def test_torch_net_has_exactly_our_parameter_count(depth, residual, shortcut):
 @requires_torch
 @pytest.mark.parametrize("autocast_bf16", [False, True])
 def test_one_torch_step_trains(autocast_bf16):
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
-  from benchmarks import torch_resnet  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_resnet
 
   torch.manual_seed(0)
   model = torch_resnet.CifarResNet(depth=8)
@@ -171,7 +171,7 @@ def test_pytorch_runs_in_a_process_of_its_own_that_times_steps_and_exits_when_cl
 
 
 def test_summary_table_has_a_row_per_run_naming_its_seeds(tmp_path):
-  from benchmarks import bench_table  # pylint: disable=g-import-not-at-top
+  from benchmarks import bench_table
 
   result, _ = run_tiny(tmp_path)
   rows = [line.split("|") for line in bench_table.markdown_table([result, dict(result, num_seeds=4)]).splitlines()]

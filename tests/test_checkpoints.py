@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from depthlab import checkpoints, cli, evaluation, loop, run_files
+from depthlab import checkpoints, cli, errors, evaluation, loop, run_files
 from depthlab import state as state_lib
 from depthlab.run_files import read_metrics
 from tests.conftest import REPO, make_tiny_config, process_env, requires_cpu, train_py
@@ -25,7 +26,7 @@ def final_params(workdir):
   ckpts = checkpoints.Checkpoints(str(workdir))
   try:
     step = ckpts.steps()[-1]
-    restored = ckpts._manager.restore(step)  # pylint: disable=protected-access
+    restored = ckpts._manager.restore(step)
   finally:
     ckpts.close()
   return step, jax.tree_util.tree_leaves(restored["state"]["params"])
@@ -82,7 +83,7 @@ def test_finished_run_is_not_trained_again_unless_restarted(mock_cifar10, tiny_c
 def test_resuming_with_another_model_is_refused_naming_the_fields(mock_cifar10, tiny_config, tmp_path):
   loop.train_and_evaluate(tiny_config, str(tmp_path))
   tiny_config.model.depth, tiny_config.total_steps = 14, 6
-  with pytest.raises(checkpoints.ConfigMismatchError, match=r"model\.depth: 8 -> 14"):
+  with pytest.raises(errors.ConfigMismatchError, match=r"model\.depth: 8 -> 14"):
     loop.train_and_evaluate(tiny_config, str(tmp_path))
   result = subprocess.run(
     train_py(tiny_config, tmp_path), cwd=REPO, env=process_env(1), capture_output=True, text=True, timeout=120
@@ -229,9 +230,9 @@ def test_changed_checkpoint_bytes_are_reported_as_corrupt_and_the_previous_check
 
 def test_non_finite_values_in_a_restored_state_are_corruption_not_divergence():
   state = {"w": np.array([1.0, np.nan], np.float32), "step": np.array(3)}
-  with pytest.raises(checkpoints.CorruptCheckpointError, match=r"NaN or infinite values in \['w'\]"):
+  with pytest.raises(errors.CorruptCheckpointError, match=r"NaN or infinite values in \['w'\]"):
     checkpoints.verify(state, {})
-  with pytest.raises(checkpoints.CorruptCheckpointError, match="fingerprint"):
+  with pytest.raises(errors.CorruptCheckpointError, match="fingerprint"):
     checkpoints.verify({"w": np.zeros(2)}, {"fingerprint": checkpoints.fingerprint({"w": np.ones(2)})})
 
 
@@ -441,3 +442,10 @@ def test_a_checkpoint_written_by_an_older_version_resumes_to_the_steps_it_would_
   resumed = read_metrics(workdir)[-1]
   for key in ("train_loss", "train_error", "test_loss", "test_error", "lr"):
     assert resumed[key] == pytest.approx(recorded[key], rel=1e-6, abs=0), key
+
+
+def test_docs_runs_md_names_every_field_a_resume_must_keep():
+  with open(os.path.join(REPO, "docs", "runs.md")) as f:
+    row = next(line for line in f if line.startswith("| resuming with another model or data"))
+  named = {name.replace(".*", ".") for name in re.findall(r"`([a-z_.*]+)`", row.split("|")[1])}
+  assert named == set(checkpoints.MUST_MATCH)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from depthlab import collapse, loop
+from depthlab import collapse, errors, loop
 from depthlab.run_files import read_metrics
 
 
@@ -64,7 +64,7 @@ def collapsing_config(config):
 
 def test_a_run_at_chance_raises_the_alarm_and_stops_keeping_its_checkpoint(mock_cifar10, tiny_config, tmp_path, capfd):
   config = collapsing_config(tiny_config)
-  with pytest.raises(collapse.TrainingCollapsed, match=r"Stopped at step (\d+) .*stop_on_collapse=False"):
+  with pytest.raises(errors.TrainingCollapsed, match=r"Stopped at step (\d+) .*stop_on_collapse=False"):
     loop.train_and_evaluate(config, str(tmp_path))
   lines = read_metrics(tmp_path)
   stopped = lines[-1]["step"]

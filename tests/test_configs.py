@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default
-from depthlab import input_pipeline, loop, steps
+from depthlab import batches, input_pipeline, loop, steps, trainer
 from depthlab import state as state_lib
 import nets
 from tests.conftest import REPO
@@ -87,7 +87,7 @@ def net_config(name):
 
 
 def cifar_count(config) -> int:
-  model = state_lib.create_model(config, num_classes=10)
+  model = trainer.create_model(config, num_classes=10)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
   logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 32, 32, 3)), train=False), variables)
   assert logits.shape == (2, 10)
@@ -150,10 +150,10 @@ def test_lenet5_without_batch_norm_trains_and_evaluates_on_mock_data(tiny_mock_c
 def one_train_step(config):
   """steps.train_step once on 4 mock images, as one device of a pmap runs it (vmap names the axis)."""
   dataset = input_pipeline.load_dataset(config.dataset)
-  model = state_lib.create_model(config, dataset.num_classes)
+  model = trainer.create_model(config, dataset.num_classes)
   state = state_lib.create_train_state(config, model, jax.random.key(0), dataset.train.images.shape[1:])
   batch = {
-    "image": input_pipeline.normalize(dataset.train.images[None, :4], dataset.mean_image),
+    "image": batches.normalize(dataset.train.images[None, :4], dataset.mean_image),
     "label": dataset.train.labels[None, :4],
   }
   step = jax.vmap(

@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from configs import default
-from depthlab import checkpoints, cli, loop, run_files, trainer
+from depthlab import cli, errors, loop, run_files, trainer
 from depthlab.run_files import read_metrics
 from tests.conftest import HOLD_LOCK, MOCK_DATA_RUN, REPO, contents, process_env, requires_devices
 
@@ -112,7 +112,7 @@ CONFIG_JSON = json.dumps(default.get_config().to_dict(), indent=2).encode()
 )
 def test_a_damaged_config_json_is_a_run_file_error_naming_it(tmp_path, damaged, why):
   saved_run(tmp_path / "run", damaged)
-  with pytest.raises(run_files.RunFileError, match=rf"{tmp_path / 'run' / 'config.json'} is damaged \(.*{why}"):
+  with pytest.raises(errors.RunFileError, match=rf"{tmp_path / 'run' / 'config.json'} is damaged \(.*{why}"):
     run_files.load_run_config(str(tmp_path / "run"))
 
 
@@ -146,9 +146,9 @@ def test_eval_py_names_an_unreadable_checkpoint_in_one_line_and_moves_nothing(fi
       if path.is_file() and path.parent.name == "d":
         path.write_bytes(b"not a checkpoint")
   before = contents(finished_run)
-  with pytest.raises(checkpoints.CorruptCheckpointError, match="No checkpoint in .* reads back intact") as newest:
+  with pytest.raises(errors.CorruptCheckpointError, match="No checkpoint in .* reads back intact") as newest:
     trainer.evaluate_checkpoint(str(finished_run), num_devices=1)
-  with pytest.raises(checkpoints.CorruptCheckpointError) as step_4:
+  with pytest.raises(errors.CorruptCheckpointError) as step_4:
     trainer.evaluate_checkpoint(str(finished_run), step=4, num_devices=1)
   assert "\n" not in str(newest.value) + str(step_4.value)
 
@@ -188,3 +188,10 @@ def test_eval_py_without_the_data_is_one_message_saying_what_to_set(finished_run
   assert result.returncode == cli.EXIT_CONFIG, result.stderr[-2000:]
   assert result.stderr.startswith(f"Error: Dataset 'cifar10' is not prepared in {tmp_path / 'empty'}")
   assert "Traceback" not in result.stderr and "TFDS_DATA_DIR" in result.stderr
+
+
+def test_eval_py_on_more_devices_than_there_are_is_one_message_naming_the_count(finished_run):
+  result = eval_py(f"--workdir={finished_run}", "--num_devices=99")
+  assert result.returncode == cli.EXIT_CONFIG, result.stderr[-2000:]
+  assert "--num_devices=99: only 8 devices here; 0 uses all." in result.stderr
+  assert "Traceback" not in result.stderr

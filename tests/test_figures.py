@@ -150,7 +150,7 @@ def test_a_several_seed_run_compares_as_its_seeds(sweep_dir):
 
 
 def test_compare_reads_a_wandb_sweep_through_the_public_api(monkeypatch, tmp_path):
-  import wandb  # pylint: disable=g-import-not-at-top
+  import wandb
 
   class FakeRun:
     def __init__(self, depth, residual):

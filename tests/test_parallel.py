@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from depthlab import checkpoints, loop, parallel, validation
+from depthlab import checkpoints, distributed, loop, validation
 from depthlab.run_files import read_metrics
 from tests.conftest import REPO, make_tiny_config, process_env, train_py
 
@@ -90,7 +90,7 @@ def losses(workdir):
 def checkpoint_params(workdir):
   ckpts = checkpoints.Checkpoints(str(workdir))
   try:
-    restored = ckpts._manager.restore(ckpts.steps()[-1])  # pylint: disable=protected-access
+    restored = ckpts._manager.restore(ckpts.steps()[-1])
   finally:
     ckpts.close()
   return jax.tree_util.tree_leaves(restored["state"]["params"])
@@ -207,7 +207,7 @@ def test_a_process_that_cannot_reach_the_coordinator_fails_naming_it(tmp_path):
 
 
 def test_a_single_process_run_does_not_start_jax_distributed(tiny_config):
-  parallel.maybe_initialize_distributed(tiny_config.distributed, environ={})
+  distributed.maybe_initialize_distributed(tiny_config.distributed, environ={})
   assert jax.distributed.is_initialized() is False and jax.process_count() == 1
 
 
@@ -222,7 +222,7 @@ def test_a_single_process_run_does_not_start_jax_distributed(tiny_config):
   ],
 )
 def test_srun_and_mpirun_with_several_tasks_start_jax_distributed(environ, several):
-  assert parallel.launched_as_several_processes(environ) is several
+  assert distributed.launched_as_several_processes(environ) is several
 
 
 def test_a_global_batch_that_does_not_divide_over_all_processes_devices_is_an_error(tiny_config):

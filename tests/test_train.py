@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from depthlab import loop
-from depthlab import state as state_lib
+from depthlab import loop, trainer
 from depthlab.run_files import read_metrics
 from tests.conftest import (
   REPO,
@@ -103,7 +102,7 @@ def test_several_steps_per_dispatch_train_as_the_same_steps_one_by_one(mock_cifa
 def test_the_conv_weight_gradient_by_patches_trains_as_lax_s(mock_cifar10, tiny_config, tmp_path):
   for mode in ("lax", "patches"):  # the model is created with the config's mode
     tiny_config.conv_weight_grad = mode
-    assert state_lib.create_model(tiny_config, num_classes=10).conv_weight_grad == mode
+    assert trainer.create_model(tiny_config, num_classes=10).conv_weight_grad == mode
   losses = losses_by(tiny_config, tmp_path, "conv_weight_grad", ("lax", "patches"))
   np.testing.assert_allclose(losses["patches"], losses["lax"], rtol=1e-4)
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from depthlab import checkpoints, input_pipeline, parallel, trainer, validation
+from depthlab import batches, checkpoints, errors, parallel, trainer
 from depthlab import state as state_lib
 from depthlab.steps import data_keys
 from tests.conftest import REPO, make_tiny_config, process_env, train_py
@@ -75,7 +75,7 @@ def test_a_state_that_is_no_longer_finite_is_never_saved(mock_cifar10, tiny_conf
 
 def test_training_devices_check_the_batch_against_them(tiny_config):
   tiny_config.batch_size, tiny_config.num_devices = 10, 4
-  with pytest.raises(validation.ConfigError, match="batch_size 10 does not divide over 4 devices"):
+  with pytest.raises(errors.ConfigError, match="batch_size 10 does not divide over 4 devices"):
     trainer.training_devices(tiny_config)
 
 
@@ -108,13 +108,13 @@ def test_an_empty_cache_dir_turns_the_compilation_cache_off():
 def test_dispatches_read_each_seed_s_batches_from_orders_computed_once_per_epoch(tiny_config, num_seeds):
   # 40 examples in batches of 16: 2 steps an epoch; dispatches of 5 steps reach 3 epochs.
   tiny_config.num_seeds, tiny_config.steps_per_dispatch = num_seeds, 5
-  data_parallel = parallel.DataParallel("pmap", num_devices=1)
+  data_parallel = parallel.data_parallel("pmap", num_devices=1)
   _, data_key = state_lib.run_keys(tiny_config)
   orders = trainer.EpochOrders(tiny_config, data_parallel, data_key, num_examples=40)
   computed = []
   orders._orders = functools.partial(lambda compute, *args: computed.append(args[1]) or compute(*args), orders._orders)
   seed_keys = [data_key] if num_seeds == 1 else list(data_key)
-  read = jax.jit(input_pipeline.batch_indices, static_argnums=2)
+  read = jax.jit(batches.batch_indices, static_argnums=2)
   for first_step in range(0, 20, 5):
     held = data_parallel.to_host(orders.for_dispatch_after(first_step))
     for seed, key in enumerate(seed_keys):
@@ -122,7 +122,7 @@ def test_dispatches_read_each_seed_s_batches_from_orders_computed_once_per_epoch
       for step in range(first_step, first_step + 5):
         np.testing.assert_array_equal(
           read(held if num_seeds == 1 else held[seed], step, 16),
-          input_pipeline.global_batch_indices(order_key, step, 40, 16),
+          batches.global_batch_indices(order_key, step, 40, 16),
         )
   assert computed == [0, 2, 5, 7]  # on entering a new epoch only
   orders.for_dispatch_after(19)

@@ -8,19 +8,19 @@ import ml_collections
 import pytest
 
 from configs import default
-from depthlab import cli, validation
+from depthlab import cli, errors, validation
 from tests.conftest import REPO
 
 
 def problems_of(config, **kwargs):
-  with pytest.raises(validation.ConfigError) as error:
+  with pytest.raises(errors.ConfigError) as error:
     validation.validate_config(config, **kwargs)
   return "\n".join(error.value.problems)
 
 
 def test_every_config_file_passes():
   import glob
-  import importlib  # pylint: disable=import-outside-toplevel,multiple-imports
+  import importlib
 
   for path in glob.glob(f"{REPO}/configs/*.py"):
     name = path.rsplit("/", 1)[1][:-3]
@@ -56,6 +56,14 @@ def test_a_value_out_of_range_names_the_field_and_the_fix(field, value, message)
   config = default.get_config()
   config[field] = value
   assert message in problems_of(config)
+
+
+def test_an_augmentation_that_does_not_fit_the_image_size_is_a_problem_naming_the_fix():
+  config = default.get_config()
+  config.dataset.augmentation = "random_resized_crop"
+  assert "random_resized_crop needs an image size; set --config.dataset.image_size, e.g. 224" in problems_of(config)
+  config.dataset.augmentation, config.dataset.image_size = "pad_crop_flip", 224
+  assert "pad_crop_flip crops the images as stored; set --config.dataset.image_size=0" in problems_of(config)
 
 
 def test_an_unknown_model_or_a_depth_the_net_cannot_have_is_a_problem():
