@@ -35,8 +35,8 @@ WINDOWS, STEPS_PER_WINDOW, WARMUP_S = 5, 50, 3.0
 TESTS = [
   "tests/test_cpu_conv.py::test_gradients_by_patches_equal_lax",
   "tests/test_cpu_conv.py::test_the_nets_convolutions_are_cpu_conv_s_through_flax_s_current_field",
-  "tests/test_input_pipeline.py::test_batches_read_from_the_epochs_orders_are_today_s",
-  "tests/test_steps.py::test_dispatches_read_each_seed_s_batches_from_orders_computed_once_per_epoch",
+  "tests/test_batches.py::test_batches_read_from_the_epochs_orders_are_today_s",
+  "tests/test_trainer.py::test_dispatches_read_each_seed_s_batches_from_orders_computed_once_per_epoch",
   "tests/test_bench.py::test_bench_writes_json_with_the_expected_keys_and_positive_figures",
 ]
 

@@ -8,8 +8,7 @@ import sys
 import pytest
 
 from benchmarks import bench_table, gpu_check
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import REPO
 
 
 def test_the_dry_run_plans_every_stage_in_order_within_7_minutes(tmp_path):
@@ -94,3 +93,10 @@ def test_the_summary_gives_the_projection_the_ratio_to_pytorch_and_several_seeds
   assert lines[2] == (
     "resnet56 float32 x10: 4 seeds (vmap) take 2.50x one seed's step: 1.60x the throughput of 4 one-seed runs"
   )
+
+
+def test_every_test_the_gpu_check_runs_exists():
+  for test in gpu_check.TESTS:
+    path, name = test.split("::")
+    with open(os.path.join(REPO, path)) as f:
+      assert f"def {name}(" in f.read(), test
