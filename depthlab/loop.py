@@ -3,6 +3,7 @@ to config.total_steps in dispatches of steps, with the periodic actions of depth
 after each (log lines, evaluations, checkpoints, the dead-run alarm, a profile, stops); then
 the final evaluation, recorded with the last checkpoint."""
 
+from collections.abc import Callable
 import os
 import shutil
 import time
@@ -98,7 +99,7 @@ def train_to_the_end(
   workdir: str,
   ckpts: checkpoints.Checkpoints,
   preemption: checkpoints.PreemptionSignal,
-  wall_time,
+  wall_time: Callable[[], float],
   run_start: float,
 ) -> dict[str, float]:
   """The loop: dispatches of steps from trainer.step to config.total_steps, each followed by
