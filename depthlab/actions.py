@@ -97,10 +97,12 @@ class Throughput:
           flush=True,
         )
 
-  def measure(self, step: int) -> float:
-    """Seconds per step of the window up to `step` (where it holds a timed step; else the last measure)."""
-    if step >= self.first_step:
-      self.seconds_per_step = (time.perf_counter() - self.start) / (step - self.first_step + 1)
+  def measure(self, step: int) -> float | None:
+    """Seconds per step of the window up to `step`, kept as seconds_per_step; None (and the last
+    measure kept) where the window holds no timed step."""
+    if step < self.first_step:
+      return None
+    self.seconds_per_step = (time.perf_counter() - self.start) / (step - self.first_step + 1)
     return self.seconds_per_step
 
   def new_window(self, step: int) -> None:
@@ -125,9 +127,13 @@ class TrainingMetrics:
     self.schedule = learning_rate_schedule(trainer.config)
     self.window = []
 
-  def _with_rate(self, means: dict[str, float], step: int, timed: bool) -> dict[str, float]:
-    if timed and self.throughput.seconds_per_step:
-      means["images_per_sec"] = self.config.batch_size * self.config.num_seeds / self.throughput.seconds_per_step
+  def _means(self, step: int) -> dict[str, float]:
+    """The window's means, then (once they are on the host, so the device's work is in it) the
+    throughput where the window holds a timed step, and the step's learning rate."""
+    means = window_means(self.window, self.data_parallel, step, self.config)
+    seconds_per_step = self.throughput.measure(step)
+    if seconds_per_step:
+      means["images_per_sec"] = self.config.batch_size * self.config.num_seeds / seconds_per_step
     means["lr"] = float(self.schedule(step - 1))
     return means
 
@@ -139,15 +145,9 @@ class TrainingMetrics:
     step, config = tick.step, self.config
     if step == self.first_step + EARLY_PROGRESS_STEPS and not every(config.log_every_steps, step) and not tick.last:
       if self.writer.active:  # on the console only; the window goes on
-        timed = step >= self.throughput.first_step
-        self.throughput.measure(step)
-        early = self._with_rate(window_means(self.window, self.data_parallel, step, config), step, timed)
-        self.writer.progress(step, early, self.throughput.seconds_per_step)
+        self.writer.progress(step, self._means(step), self.throughput.seconds_per_step)
     if every(config.log_every_steps, step) or tick.last:
-      timed = step >= self.throughput.first_step
-      means = window_means(self.window, self.data_parallel, step, config)
-      self.throughput.measure(step)
-      tick.line.update(self._with_rate(means, step, timed))
+      tick.line.update(self._means(step))
       self.window = []
       self.throughput.new_window(step)
 
