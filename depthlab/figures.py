@@ -1,6 +1,8 @@
-"""Compares runs as He et al. 2015 do: Fig. 6 (training error dashed, test error solid,
-against steps, one colour per depth, plain and residual nets in side-by-side panels with a
-shared y axis, a dotted line where the learning rate changes; PNG and PDF), a Markdown table
+"""Compares runs as He et al. 2015 do: Fig. 6 (training error thin dashed, test error bold,
+against steps, one colour per depth shared by both panels, plain and residual nets in
+side-by-side panels with a shared logarithmic error axis, so that a gap of a point or two at the
+end is as visible as the first steps; a dotted line where the learning rate changes; a line
+under the panels that gives the length, seeds and recipe; PNG and PDF), a Markdown table
 in the form of Table 6 (mean ± std where several seeds ran, as separate runs or as one run of
 config.num_seeds; their test error's spread is a band in the figure), and, for runs with
 config.log_grad_norms, each block's gradient norm from input to output. `compare` draws and
@@ -33,6 +35,19 @@ def _pyplot():
 
 
 PANEL_TITLES = {"plain": "plain nets", "residual": "ResNets"}
+TRAIN_WINDOW_STEPS = 100  # training error is drawn as its mean over this many steps (logged more often: noisy)
+ERROR_TICKS = (1, 2, 5, 10, 20, 50, 100)  # percent, on the logarithmic error axis
+
+
+def net_colours(runs: Sequence[RunHistory]) -> dict[str, Any]:
+  """A colour per net in which nets of one depth share a colour (plain-20 and ResNet-20 alike,
+  as in the paper); nets without a depth get one each."""
+  plt = _pyplot()
+  groups = group_by_net(runs)
+  key = lambda net: groups[net][0].config.model.get("depth", net)
+  keys = sorted({key(net) for net in groups}, key=lambda k: (isinstance(k, str), k))
+  colour_of = dict(zip(keys, plt.get_cmap("tab10").colors * 10))
+  return {net: colour_of[key(net)] for net in groups}
 
 
 def panel_figure(runs: Sequence[RunHistory]) -> tuple[Any, list[tuple[Any, str, list[tuple[Any, str, list]]]]]:
@@ -42,20 +57,55 @@ def panel_figure(runs: Sequence[RunHistory]) -> tuple[Any, list[tuple[Any, str, 
   """
   plt = _pyplot()
   groups = group_by_net(runs)
+  colours = net_colours(runs)
   panels = list(dict.fromkeys(group[0].panel for group in groups.values()))
   fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
-  colours = plt.get_cmap("tab10").colors * 10
   layout = []
   for ax, panel in zip(axes[0], panels):
-    nets = [(net, group) for net, group in groups.items() if group[0].panel == panel]
-    layout.append((ax, panel, [(colour, net, group) for colour, (net, group) in zip(colours, nets)]))
+    nets = [(colours[net], net, group) for net, group in groups.items() if group[0].panel == panel]
+    layout.append((ax, panel, nets))
   return fig, layout
 
 
+def smoothed(steps: np.ndarray, values: np.ndarray, window_steps: int) -> tuple[np.ndarray, np.ndarray]:
+  """The mean of the values over the `window_steps` steps that end at each line (lines logged
+  every k steps, k < window_steps); the values as they are if logged that seldom or unevenly."""
+  every = np.diff(steps)
+  if len(steps) < 2 or np.any(every != every[0]) or every[0] >= window_steps:
+    return steps, values
+  lines = max(1, int(window_steps // every[0]))
+  if len(values) < lines:
+    return steps, values
+  return steps[lines - 1 :], np.convolve(values, np.ones(lines) / lines, mode="valid")
+
+
+def caption(runs: Sequence[RunHistory]) -> str:
+  """The line under the figure: the runs' length, seeds, batch and recipe, as their configs say."""
+  configs = [run.config for run in runs]
+  steps = sorted({int(run.lines[-1]["step"]) for run in runs})
+  seeds = sorted({c.seed for c in configs})
+  recipe = sorted({recipe_of(c) for c in configs})
+  return (
+    f"{' / '.join(f'{s:,}' for s in steps)} steps, batch {' / '.join(sorted({str(c.batch_size) for c in configs}))}; "
+    f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; {'; '.join(recipe)}"
+  )
+
+
+def recipe_of(config: Any) -> str:
+  """'lr 0.1, /10 at 2,000 and 3,000, linear warm-up from 0.01 over 400 steps'."""
+  drops = " and ".join(f"{b:,}" for b in config.lr_boundaries if b < config.total_steps)
+  text = f"lr {config.learning_rate:g}" + (f", x{config.lr_decay:g} at {drops}" if drops else "")
+  if config.warmup_steps:
+    text += f", {config.warmup_shape} warm-up from {config.warmup_learning_rate:g} over {config.warmup_steps} steps"
+  return text
+
+
 def rate_changes(config: Any) -> list[tuple[int, float]]:
-  """(steps done, the learning rate from the next step on) wherever a run's rate changes."""
-  rates = np.asarray(learning_rate_schedule(config)(np.arange(config.total_steps)))  # the rate of step k + 1
-  return [(int(step), float(rates[step])) for step in np.flatnonzero(rates[1:] != rates[:-1]) + 1]
+  """(steps done, the learning rate from the next step on) where the schedule's phase changes:
+  the end of the warm-up (constant or linear) and each drop, within the run."""
+  schedule = learning_rate_schedule(config)  # schedule(k): the rate of step k + 1
+  changes = {config.warmup_steps, *config.lr_boundaries} - {0}
+  return [(step, float(schedule(step))) for step in sorted(changes) if step < config.total_steps]
 
 
 def mark_rate_changes(ax: Any, runs: Sequence[RunHistory]) -> None:
@@ -76,7 +126,7 @@ def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
   for ax, panel, nets in layout:
     for colour, net, group in nets:
       seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
-      steps, train_error = mean_curve(group, "train_error")
+      steps, train_error = smoothed(*mean_curve(group, "train_error"), TRAIN_WINDOW_STEPS)
       evaluated = [run for run in group if any("test_error" in line for line in run.lines)]
       label = None if evaluated else f"{net}{seeds}: no test error yet"
       ax.plot(steps, 100 * train_error, "--", color=colour, linewidth=1, label=label)
@@ -106,11 +156,27 @@ def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
     ax.set_xlabel("iterations")
     ax.grid(alpha=0.3)
     bands = "; band: ± std over seeds" if any(len(group) > 1 for *_, group in nets) else ""
-    ax.legend(title=f"test solid, train dashed{bands}", fontsize=8, title_fontsize=8)
-  fig.axes[0].set_ylabel("error (%)")
-  fig.axes[0].set_ylim(bottom=0)
-  fig.tight_layout()
+    ax.legend(title=f"test bold, train dashed{bands}", fontsize=8, title_fontsize=8)
+  set_error_axis(fig.axes[0], runs)
+  fig.axes[0].set_ylabel(f"error (%); train: mean over {TRAIN_WINDOW_STEPS} steps")
+  fig.text(0.5, 0.005, caption(runs), ha="center", va="bottom", fontsize=7)
+  fig.tight_layout(rect=(0, 0.03, 1, 1))
   return fig
+
+
+def set_error_axis(ax: Any, runs: Sequence[RunHistory]) -> None:
+  """A logarithmic error axis in percent, from just below the lowest error drawn to 100%."""
+  lowest = min(
+    100 * float(np.min(run.curve(key)[1]))
+    for run in runs
+    for key in ("train_error", "test_error")
+    if run.curve(key)[0].size
+  )
+  ax.set_yscale("log")
+  ax.set_ylim(max(0.5, lowest / 1.3), 100)
+  ticks = [t for t in ERROR_TICKS if t >= lowest / 1.3]
+  ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+  ax.minorticks_off()
 
 
 def block_position(metric: str) -> float:

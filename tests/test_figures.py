@@ -67,6 +67,39 @@ def test_figure_has_a_train_and_a_test_line_per_net_in_plain_and_residual_panels
   assert plain.get_shared_y_axes().joined(plain, residual)
 
 
+def test_nets_of_one_depth_share_a_colour_in_both_panels_and_depths_differ(sweep_dir):
+  fig = figures.draw_error_curves(history.load_runs([str(sweep_dir)])[0])
+  plain, residual = fig.axes
+  colours = lambda ax: [line.get_color() for line in ax.lines if line.get_linestyle() == "-"]  # test error: 20, 56
+  assert colours(plain) == colours(residual) and colours(plain)[0] != colours(plain)[1]
+
+
+def test_the_error_axis_is_logarithmic_and_reaches_below_the_lowest_error_drawn(sweep_dir):
+  runs = history.load_runs([str(sweep_dir)])[0]
+  lowest = min(100 * run.curve(key)[1].min() for run in runs for key in ("train_error", "test_error"))
+  ax = figures.draw_error_curves(runs).axes[0]
+  assert ax.get_yscale() == "log" and ax.get_ylim()[0] < lowest and ax.get_ylim()[1] == 100
+
+
+def test_training_error_logged_every_10_steps_is_drawn_as_its_100_step_mean(tmp_path):
+  write_run(tmp_path / "resnet20", 20, True, steps=tuple(range(10, 401, 10)))
+  (run,) = history.load_runs([str(tmp_path)])[0]
+  train = next(line for line in figures.draw_error_curves([run]).axes[0].lines if line.get_linestyle() == "--")
+  steps, errors = run.curve("train_error")
+  assert list(train.get_xdata()) == list(steps[9:])
+  np.testing.assert_allclose(train.get_ydata(), [100 * errors[i - 9 : i + 1].mean() for i in range(9, len(steps))])
+
+
+def test_the_caption_gives_the_length_seeds_and_recipe_of_the_runs(sweep_dir):
+  runs = history.load_runs([str(sweep_dir)])[0]
+  assert figures.caption(runs) == (
+    "300 steps, batch 128; seeds 0, 1; lr 0.1, x0.1 at 32,000 and 48,000, "
+    f"{default.get_config().warmup_shape} warm-up from 0.01 over 400 steps"
+  )
+  fig = figures.draw_error_curves(runs)
+  assert figures.caption(runs) in [text.get_text() for text in fig.texts]
+
+
 def test_the_learning_rates_changes_are_those_of_the_runs_schedule():
   config = default.get_config()
   assert [(step, round(rate, 6)) for step, rate in figures.rate_changes(config)] == [
