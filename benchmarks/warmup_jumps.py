@@ -1,11 +1,12 @@
 """The warm-up criterion of docs/recipe.md, read off runs' metrics: no run at chance, and no
 jump: after step 100, the 50-step mean training error never rises more than 5 points above
-its lowest earlier value.
+its lowest earlier value, through the end of the warm-up and 300 steps beyond it.
 
     python -m benchmarks.warmup_jumps results/warmup_constant results/warmup_linear --plot=docs/warmup_shapes.png
 
 It reads every run below the folders given (their metrics.jsonl and config.json, logged every
-10 steps, as sweeps/warmup_*.yaml log), prints a Markdown table with a row per run (warm-up
+10 steps, as sweeps/warmup_*.yaml and sweeps/fig6_4k*.yaml log; a longer run is judged on its
+first steps alone), prints a Markdown table with a row per run (warm-up
 shape, net, seed, its largest rise and where, its last 50-step error, at chance or not, the
 verdict) and the verdict per shape, and with --plot draws each run's 50-step mean training
 error, a panel per net, a colour per warm-up shape.
@@ -23,6 +24,7 @@ from depthlab import collapse, history
 WINDOW_STEPS = 50  # the criterion's mean: steps s-49 .. s
 FROM_STEP = 100  # windows that end at or after this step count
 MAX_RISE = 0.05  # 5 points of training error
+STEPS_AFTER_WARMUP = 300  # windows that end at most this long after the warm-up count
 
 
 @dataclasses.dataclass
@@ -34,7 +36,7 @@ class Verdict:
   seed: int
   largest_rise: float  # above the lowest earlier 50-step mean, in error (0.05 = 5 points)
   rise_at: int  # the step whose window holds it
-  last_error: float  # the last 50-step mean
+  last_error: float  # the last 50-step mean it looks at
   at_chance: bool
 
   @property
@@ -53,11 +55,20 @@ def window_means(run: history.RunHistory, key: str) -> tuple[np.ndarray, np.ndar
   return steps[lines - 1 :], means
 
 
+def measured_means(run: history.RunHistory, key: str) -> tuple[np.ndarray, np.ndarray]:
+  """window_means of the windows the criterion looks at: those that end by STEPS_AFTER_WARMUP
+  after the warm-up (all of a 700-step measurement run; the first 700 steps of a longer one)."""
+  steps, means = window_means(run, key)
+  measured = steps <= run.config.warmup_steps + STEPS_AFTER_WARMUP
+  return steps[measured], means[measured]
+
+
 def judge(run: history.RunHistory) -> Verdict:
   """`run`'s largest rise of the 50-step mean training error above its lowest earlier value
-  (windows ending at FROM_STEP or later), and whether it ends at chance."""
-  steps, errors = window_means(run, "train_error")
-  _, losses = window_means(run, "train_loss")
+  (windows ending from FROM_STEP to STEPS_AFTER_WARMUP past the warm-up), and whether it is at
+  chance at the end of those steps."""
+  steps, errors = measured_means(run, "train_error")
+  _, losses = measured_means(run, "train_loss")
   errors, after = errors[steps >= FROM_STEP], steps[steps >= FROM_STEP]
   rises = errors[1:] - np.minimum.accumulate(errors)[:-1]
   worst = int(np.argmax(rises)) if len(rises) else 0
@@ -75,7 +86,7 @@ def judge(run: history.RunHistory) -> Verdict:
 def format_table(verdicts: Sequence[Verdict]) -> str:
   rows = [
     f"| warm-up | net | seed | largest rise of the {WINDOW_STEPS}-step mean train error (step) "
-    f"| last {WINDOW_STEPS}-step train error | at chance | no jump, not at chance |",
+    f"| train error, last {WINDOW_STEPS} steps measured | at chance | no jump, not at chance |",
     "|---|---|---|---|---|---|---|",
   ]
   for v in verdicts:
@@ -109,7 +120,7 @@ def draw(runs: Sequence[history.RunHistory], verdicts: Sequence[Verdict]):
     for run, verdict in zip(runs, verdicts):
       if verdict.net != net:
         continue
-      steps, errors = window_means(run, "train_error")
+      steps, errors = measured_means(run, "train_error")
       label = (
         f"{verdict.shape} warm-up"
         if verdict.seed == min(v.seed for v in verdicts if v.shape == verdict.shape)

@@ -10,14 +10,14 @@ from configs import default
 from depthlab import history
 
 
-def write_run(folder, shape, seed, error_at):
+def write_run(folder, shape, seed, error_at, total_steps=700):
   """A workdir as a run of sweeps/warmup_<shape>.yaml leaves it, its training error error_at(step)."""
   config = default.get_config()
-  config.warmup_shape, config.seed, config.total_steps = shape, seed, 700
+  config.warmup_shape, config.seed, config.total_steps = shape, seed, total_steps
   folder.mkdir(parents=True)
   (folder / "config.json").write_text(json.dumps(config.to_dict(), default=list))
   lines = []
-  for step in range(10, 701, 10):
+  for step in range(10, total_steps + 1, 10):
     error = error_at(step)
     lines.append({"step": step, "train_error": error, "train_loss": 2.3 * error / 0.9, "lr": 0.1})
   lines[-1].update(test_error=error, test_loss=1.0)
@@ -47,6 +47,15 @@ def test_a_run_at_chance_fails_the_criterion_without_a_jump(tmp_path):
   write_run(tmp_path / "run", "linear", 0, lambda step: 0.9)
   (verdict,) = [warmup_jumps.judge(run) for run in history.load_runs([str(tmp_path)])[0]]
   assert verdict.at_chance and verdict.largest_rise == 0.0 and not verdict.meets
+
+
+def test_a_longer_run_is_judged_on_the_end_of_its_warm_up_and_the_300_steps_after_it(tmp_path):
+  """A run of the 4,000-step Fig. 6 logs as the measurement runs do: its first 700 steps are
+  judged, and what the rate's drops do later is not the warm-up's."""
+  write_run(tmp_path / "run", "linear", 0, lambda step: smooth(min(step, 700)) + (0.3 if step > 2000 else 0.0), 4000)
+  (verdict,) = [warmup_jumps.judge(run) for run in history.load_runs([str(tmp_path)])[0]]
+  assert verdict.meets and verdict.largest_rise == 0.0
+  assert verdict.last_error == pytest.approx(smooth(700) + 0.5 * 20 / 700, abs=1e-6)  # steps 660-700
 
 
 def test_the_command_prints_a_row_per_run_and_the_verdict_per_shape(tmp_path, capsys):
