@@ -132,11 +132,17 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(with_defaults(saved))
 
 
+# Fields whose default has changed since they were added: a config saved before the field existed
+# was trained with the value here, not with today's default.
+BEFORE_THE_FIELD_EXISTED = {"warmup_shape": "constant"}
+
+
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
   """A saved config with the fields it lacks, at every depth, set to their defaults: a run
-  saved before a field existed was trained as its default says. The model's defaults are
-  those of the default net, so they fill in only a saved model of that net."""
-  defaults = default.get_config().to_dict()
+  saved before a field existed was trained as its default says (or as BEFORE_THE_FIELD_EXISTED
+  says, where the default has changed since). The model's defaults are those of the default net,
+  so they fill in only a saved model of that net."""
+  defaults = {**default.get_config().to_dict(), **BEFORE_THE_FIELD_EXISTED}
   if saved.get("model", {}).get("name", defaults["model"]["name"]) != defaults["model"]["name"]:
     del defaults["model"]
   return _merged(defaults, saved)

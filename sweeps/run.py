@@ -3,6 +3,7 @@
     python sweeps/run.py sweeps/plain_vs_residual.yaml              # one run at a time
     python sweeps/run.py sweeps/plain_vs_residual.yaml --parallel 4 # e.g. one per GPU
     python sweeps/run.py sweeps/seeds.yaml --dry_run                # print the commands
+    python sweeps/run.py sweeps/fig6_4k.yaml --runs=plain20,resnet20  # only these runs, here
 
 wandb cannot create or run a sweep without its server, so this runner reads the same YAML,
 expands its `grid` (or `random`) parameters itself and builds each run's command exactly as
@@ -308,6 +309,23 @@ def plan(sweep: dict[str, Any], count: int | None = None, seed: int = 0) -> list
   return runs
 
 
+def only_named(runs: list[Run], names: str) -> list[Run]:
+  """The runs named in `names` (comma-separated run names, as their workdirs end), in the
+  sweep's order; all of them if `names` is empty. A name the sweep lacks is a ConfigError that
+  lists the sweep's names."""
+  wanted = [name.strip() for name in names.split(",") if name.strip()]
+  if not wanted:
+    return runs
+  known = [os.path.basename(run.workdir) for run in runs]
+  unknown = [name for name in wanted if name not in known]
+  if unknown:
+    raise errors.ConfigError(
+      [f"--runs names {', '.join(unknown)}, which the sweep does not have: its runs are {', '.join(known)}."],
+      "The sweep",
+    )
+  return [run for run, name in zip(runs, known) if name in wanted]
+
+
 def _pump(stream, log_path: str, echo: bool) -> None:
   """Copies a run's output to its log file (and to the console when runs go one at a time)."""
   with open(log_path, "a", buffering=1) as log:
@@ -478,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
   )
   parser.add_argument("--count", type=int, default=None, help="Only the first N runs (random sweeps: N draws).")
   parser.add_argument("--seed", type=int, default=0, help="Seeds a random sweep's draws.")
+  parser.add_argument(
+    "--runs", default="", help="Only the runs of these names (comma-separated, e.g. plain20,resnet20); default: all."
+  )
   parser.add_argument("--dry_run", action="store_true", help="Print each run's command and workdir; run nothing.")
   parser.add_argument("--debug", action="store_true", help="Show Python tracebacks of sweep file problems too.")
   args = parser.parse_args(argv)
@@ -492,7 +513,7 @@ def run_sweep_file(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
   sweep = load_sweep(args.sweep)
   if not os.path.exists(sweep["program"]):
     parser.error(f"{sweep['program']} not found here: run this from the repository root, like `wandb agent`.")
-  runs = plan(sweep, args.count, args.seed)
+  runs = only_named(plan(sweep, args.count, args.seed), args.runs)
   if args.dry_run:
     for run in runs:
       print(f"{run.workdir}: {' '.join(run.command)}")

@@ -161,6 +161,16 @@ def test_a_config_saved_before_a_nested_field_existed_gets_default_py_s_value(ti
   assert run_files.with_defaults(lenet)["model"] == {"name": "lenet5", "sparse_c3": True}
 
 
+def test_a_config_saved_before_warmup_shape_existed_was_trained_with_the_constant_warm_up(tiny_config):
+  """The default became "linear" after the field was added with "constant", the only warm-up
+  before it: an older run reads back as what it trained with, not as today's default."""
+  saved = tiny_config.to_dict()
+  del saved["warmup_shape"]
+  assert default.get_config().warmup_shape == "linear"
+  assert run_files.with_defaults(saved)["warmup_shape"] == "constant"
+  assert run_files.with_defaults({**saved, "warmup_shape": "linear"})["warmup_shape"] == "linear"
+
+
 TRAIN_IN_SUBPROCESS = """
 import sys
 import tensorflow_datasets as tfds

@@ -91,6 +91,39 @@ def test_shortened_fig6_runs_keep_the_recipe_and_scale_the_papers_schedule(path)
     assert run.config.warmup_steps == paper.warmup_steps  # the recipe of every other run
 
 
+FIG6_4K = ("fig6_4k.yaml", "fig6_4k_resnet110.yaml", "fig6_4k_seeds.yaml")
+
+
+def test_fig6_at_4k_steps_is_every_depth_of_the_paper_and_three_seeds_at_20_and_56():
+  runs = [run for name in FIG6_4K for run in runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", name)))]
+  nets = [f"{kind}{depth}" for depth in (20, 32, 44, 56) for kind in ("plain", "resnet")] + ["resnet110"]
+  more_seeds = [f"{kind}{depth}-seed{seed}" for depth in (20, 56) for kind in ("plain", "resnet") for seed in (1, 2)]
+  assert [run.name for run in runs] == nets + more_seeds  # seed 0 at every depth first, 20 layers first
+  assert {run.workdir for run in runs} == {f"runs/fig6_4k/{run.name}" for run in runs}
+  recipe = default.get_config()
+  for run in runs:
+    assert (run.config.total_steps, run.config.lr_boundaries) == (4_000, (2_000, 3_000))
+    assert run.config.warmup_shape == recipe.warmup_shape == "linear"  # the default recipe, as chosen
+    assert run.config.log_every_steps == 10  # the first 700 steps are the warm-up measurement's
+
+
+@pytest.mark.parametrize("name", ["fig6_reduced", "fig6_residual_4k", "fig6_residual_8k", "fig6_residual_16k"])
+def test_the_published_sweeps_keep_the_warm_up_they_were_run_with(name):
+  runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", f"{name}.yaml")))
+  assert {run.config.warmup_shape for run in runs} == {"constant"}
+
+
+def test_runs_picks_runs_of_a_sweep_by_name_and_lists_the_names_it_has(capsys):
+  assert runner.main([os.path.join(REPO, "sweeps", "fig6_4k.yaml"), "--runs=resnet20, plain20", "--dry_run"]) == 0
+  printed = capsys.readouterr().out.splitlines()
+  assert [line.split(":")[0] for line in printed] == ["runs/fig6_4k/plain20", "runs/fig6_4k/resnet20"]
+  with pytest.raises(SystemExit) as stop:
+    runner.main([os.path.join(REPO, "sweeps", "fig6_4k.yaml"), "--runs=resnet21", "--dry_run"])
+  assert stop.value.code != 0
+  message = capsys.readouterr().err
+  assert "--runs names resnet21, which the sweep does not have" in message and "plain44, resnet44" in message
+
+
 def test_seeds_and_shortcuts_sweeps_give_each_run_its_own_workdir():
   seeds = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "seeds.yaml")))
   shortcuts = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", "shortcuts.yaml")))
