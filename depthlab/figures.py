@@ -36,7 +36,7 @@ def _pyplot():
 
 PANEL_TITLES = {"plain": "plain nets", "residual": "ResNets"}
 TRAIN_WINDOW_STEPS = 100  # training error is drawn as its mean over this many steps (logged more often: noisy)
-ERROR_TICKS = (1, 2, 5, 10, 20, 50, 100)  # percent, on the logarithmic error axis
+ERROR_TICKS = (0.5, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100)  # percent, on the logarithmic error axis
 
 
 def net_colours(runs: Sequence[RunHistory]) -> dict[str, Any]:
@@ -165,7 +165,7 @@ def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
 
 
 def set_error_axis(ax: Any, runs: Sequence[RunHistory]) -> None:
-  """A logarithmic error axis in percent, from just below the lowest error drawn to 100%."""
+  """A logarithmic error axis in percent, from the tick below the lowest error drawn to 100%."""
   lowest = min(
     100 * float(np.min(run.curve(key)[1]))
     for run in runs
@@ -173,8 +173,9 @@ def set_error_axis(ax: Any, runs: Sequence[RunHistory]) -> None:
     if run.curve(key)[0].size
   )
   ax.set_yscale("log")
-  ax.set_ylim(max(0.5, lowest / 1.3), 100)
-  ticks = [t for t in ERROR_TICKS if t >= lowest / 1.3]
+  bottom = max([t for t in ERROR_TICKS if t < lowest] or [ERROR_TICKS[0]])
+  ax.set_ylim(bottom, 100)
+  ticks = [t for t in ERROR_TICKS if t >= bottom]
   ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
   ax.minorticks_off()
 
