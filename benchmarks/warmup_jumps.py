@@ -46,13 +46,10 @@ class Verdict:
 
 def window_means(run: history.RunHistory, key: str) -> tuple[np.ndarray, np.ndarray]:
   """(steps, the mean of `key` over the WINDOW_STEPS steps that end at each)."""
-  steps, values = run.curve(key)
-  every = int(steps[1] - steps[0]) if len(steps) > 1 else WINDOW_STEPS
-  if WINDOW_STEPS % every or np.any(np.diff(steps) != every):
-    raise ValueError(f"{run.source}: logged every {every} steps; the criterion needs lines that tile {WINDOW_STEPS}.")
-  lines = WINDOW_STEPS // every
-  means = np.convolve(values, np.ones(lines) / lines, mode="valid")
-  return steps[lines - 1 :], means
+  try:
+    return history.running_mean(*run.curve(key), WINDOW_STEPS)
+  except ValueError as e:
+    raise ValueError(f"{run.source}: {e} The criterion needs lines that tile {WINDOW_STEPS} steps.") from e
 
 
 def measured_means(run: history.RunHistory, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from depthlab.history import RunHistory, common_curves, group_by_net, load_runs, mean_curve, up_to_step
+from depthlab.history import (
+  RunHistory,
+  common_curves,
+  group_by_net,
+  load_runs,
+  mean_curve,
+  running_mean,
+  up_to_step,
+)
 from depthlab.state import learning_rate_schedule
 
 # He et al. 2015, Table 6: CIFAR-10 test error (%) of the residual nets (option A).
@@ -68,15 +76,12 @@ def panel_figure(runs: Sequence[RunHistory]) -> tuple[Any, list[tuple[Any, str, 
 
 
 def smoothed(steps: np.ndarray, values: np.ndarray, window_steps: int) -> tuple[np.ndarray, np.ndarray]:
-  """The mean of the values over the `window_steps` steps that end at each line (lines logged
-  every k steps, k < window_steps); the values as they are if logged that seldom or unevenly."""
-  every = np.diff(steps)
-  if len(steps) < 2 or np.any(every != every[0]) or every[0] >= window_steps:
+  """The running mean over `window_steps` steps (history.running_mean); the values as they are
+  where the lines do not tile such a window (logged that seldom, or unevenly)."""
+  try:
+    return running_mean(steps, values, window_steps)
+  except ValueError:
     return steps, values
-  lines = max(1, int(window_steps // every[0]))
-  if len(values) < lines:
-    return steps, values
-  return steps[lines - 1 :], np.convolve(values, np.ones(lines) / lines, mode="valid")
 
 
 def caption(runs: Sequence[RunHistory]) -> str:

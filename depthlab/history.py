@@ -162,6 +162,18 @@ def mean_curve(runs: Sequence[RunHistory], key: str) -> tuple[np.ndarray, np.nda
   return steps, values.mean(axis=0)
 
 
+def running_mean(steps: np.ndarray, values: np.ndarray, window_steps: int) -> tuple[np.ndarray, np.ndarray]:
+  """(the steps that end a full window, the mean of the values over the `window_steps` steps
+  that end at each). ValueError if the lines are not evenly spaced in steps that tile the window."""
+  every = int(steps[1] - steps[0]) if len(steps) > 1 else window_steps
+  if window_steps % every or np.any(np.diff(steps) != every):
+    raise ValueError(f"logged every {every} steps; a {window_steps}-step mean needs lines that tile it.")
+  lines = window_steps // every
+  if len(values) < lines:
+    raise ValueError(f"{len(values)} lines, fewer than one {window_steps}-step window.")
+  return steps[lines - 1 :], np.convolve(values, np.ones(lines) / lines, mode="valid")
+
+
 def up_to_step(run: RunHistory, step: int | None) -> RunHistory:
   """The run as it stood after `step` steps (to compare runs of different lengths at equal steps)."""
   return run if step is None else dataclasses.replace(run, lines=[line for line in run.lines if line["step"] <= step])
