@@ -107,6 +107,26 @@ def test_fig6_at_4k_steps_is_every_depth_of_the_paper_and_three_seeds_at_20_and_
     assert run.config.log_every_steps == 10  # the first 700 steps are the warm-up measurement's
 
 
+def test_the_warm_up_runs_are_the_first_700_steps_of_fig6_at_4k_steps():
+  def plan(name):
+    return runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", name)))
+
+  constant, linear = plan("warmup_constant.yaml"), plan("warmup_linear.yaml")
+  linear_110 = plan("warmup_linear_110.yaml")
+  resnet56 = ["resnet56"] + [f"resnet56-seed{seed}" for seed in (1, 2, 3, 4)]
+  assert [run.name for run in constant] == [run.name for run in linear] == resnet56
+  assert [run.name for run in linear_110] == ["resnet110", "resnet110-seed1", "plain110", "plain110-seed1"]
+  assert {run.config.warmup_shape for run in constant} == {"constant"}
+  assert {run.config.warmup_shape for run in linear + linear_110} == {"linear"}
+  fig6 = plan("fig6_4k.yaml")[0].config
+  shared = ("lr_boundaries", "learning_rate", "warmup_steps", "warmup_learning_rate", "batch_size")
+  for run in constant + linear + linear_110:
+    assert run.config.total_steps == 700 and run.config.log_every_steps == 10
+    assert [run.config[k] for k in shared] == [fig6[k] for k in shared]
+  linear_runs = linear + linear_110
+  assert {run.workdir for run in linear_runs} == {f"runs/warmup_linear/{run.name}" for run in linear_runs}
+
+
 @pytest.mark.parametrize("name", ["fig6_reduced", "fig6_residual_4k", "fig6_residual_8k", "fig6_residual_16k"])
 def test_the_published_sweeps_keep_the_warm_up_they_were_run_with(name):
   runs = runner.plan(runner.load_sweep(os.path.join(REPO, "sweeps", f"{name}.yaml")))
