@@ -68,13 +68,13 @@ def test_the_default_resnet56_recipe_learns_where_the_papers_blows_up(real_cache
   config = cli.parse_command_line(["--config=configs/resnet56.py"])[0]
   config.dataset.data_dir, config.dataset.cache_dir, config.num_devices = real_cifar10_dir(), real_cache_dir, 1
   one_seed = lambda curves: early_training.run_summary(curves["loss"][:, 0], curves["error"][:, 0])
-  default = one_seed(early_training.train_curves(config, steps=30))
+  default = one_seed(early_training.train_curves(config, steps=20))
   config.warmup_steps = 0
   paper = one_seed(early_training.train_curves(config, steps=12))
   assert paper["max_early_loss"] > 2 * paper["initial_loss"]
   assert default["max_early_loss"] <= default["initial_loss"] + 0.1 and not default["at_chance"]
-  # Over steps 21-30 the ramp has brought seed 0 from 3.72 to about 2.25 (training error about
-  # 80%): still near chance's loss, whose error (90%) it is well below.
+  # Over steps 11-20 the ramp has brought seed 0 from 3.72 to about 2.47 (the 10-step mean that
+  # results/warmup_linear/resnet56 logged at step 20): still above chance's loss (2.30).
   assert default["last_loss"] < default["initial_loss"] - 1.0
 
 
