@@ -86,8 +86,14 @@ requires_cifar10 = pytest.mark.skipif(
 
 @pytest.fixture(scope="session")
 def real_cache_dir(tmp_path_factory):
-  """One decoded-array cache for the real-data tests of a session (decoding takes ~20 s)."""
-  return str(tmp_path_factory.mktemp("cache"))
+  """One decoded-array cache for the real-data tests of a session (decoding takes ~35 s), shared by
+  pytest-xdist's workers: each writes the cache atomically, so the second to start reads it."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # the run's folder, above each worker's own
+  path = base / "cifar10-cache"
+  path.mkdir(exist_ok=True)
+  return str(path)
 
 
 @pytest.fixture

@@ -70,7 +70,7 @@ def test_the_default_resnet56_recipe_learns_where_the_papers_blows_up(real_cache
   one_seed = lambda curves: early_training.run_summary(curves["loss"][:, 0], curves["error"][:, 0])
   default = one_seed(early_training.train_curves(config, steps=20))
   config.warmup_steps = 0
-  paper = one_seed(early_training.train_curves(config, steps=12))
+  paper = one_seed(early_training.train_curves(config, steps=6))  # seed 0's loss: 3.72, 6.10, 6.99, 10.6, 12.8
   assert paper["max_early_loss"] > 2 * paper["initial_loss"]
   assert default["max_early_loss"] <= default["initial_loss"] + 0.1 and not default["at_chance"]
   # Over steps 11-20 the ramp has brought seed 0 from 3.72 to about 2.47 (the 10-step mean that
