@@ -410,7 +410,7 @@ def signal_at_first_progress_line(config, workdir):
 
 def test_ctrl_c_is_answered_at_once_and_stops_the_run_within_a_few_steps(tmp_path):
   config = make_tiny_config()
-  config.model.depth, config.batch_size = 20, 128  # steps slow enough to count the stop in them
+  config.batch_size = 256  # steps slow enough to count the stop in them; ResNet-8 compiles fast
   config.total_steps, config.log_every_steps, config.eval_every_steps = 1000, 50, 1000
   process, step_seconds, sent = signal_at_first_progress_line(config, tmp_path)
   answer, answered = read_until(process, "Signal 2 received")

@@ -62,16 +62,14 @@ def test_a_measurement_killed_mid_line_resumes_without_the_torn_line(tiny_config
 
 
 @requires_cifar10
-def test_the_default_resnet56_recipe_learns_where_the_papers_blows_up(real_cache_dir):
-  """On the real data: the paper's 0.1 from step 1 sends ResNet-56's loss far above its start,
-  the default warm-up keeps it below its start, falling, and off chance."""
+def test_the_default_recipe_takes_resnet56_off_its_start_without_a_blow_up(real_cache_dir):
+  """On the real data, the net at which the paper's recipe blows up (its largest loss over steps
+  1-20 is 13.5, 10.2 and 12.8 at seeds 0-2, from 3.72, 3.57 and 5.80: docs/recipe.md): under the default
+  warm-up ResNet-56's loss stays below its start, falls, and is off chance."""
   config = cli.parse_command_line(["--config=configs/resnet56.py"])[0]
   config.dataset.data_dir, config.dataset.cache_dir, config.num_devices = real_cifar10_dir(), real_cache_dir, 1
-  one_seed = lambda curves: early_training.run_summary(curves["loss"][:, 0], curves["error"][:, 0])
-  default = one_seed(early_training.train_curves(config, steps=20))
-  config.warmup_steps = 0
-  paper = one_seed(early_training.train_curves(config, steps=6))  # seed 0's loss: 3.72, 6.10, 6.99, 10.6, 12.8
-  assert paper["max_early_loss"] > 2 * paper["initial_loss"]
+  curves = early_training.train_curves(config, steps=20)
+  default = early_training.run_summary(curves["loss"][:, 0], curves["error"][:, 0])
   assert default["max_early_loss"] <= default["initial_loss"] + 0.1 and not default["at_chance"]
   # Over steps 11-20 the ramp has brought seed 0 from 3.72 to about 2.47 (the 10-step mean that
   # results/warmup_linear/resnet56 logged at step 20): still above chance's loss (2.30).
