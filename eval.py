@@ -13,7 +13,9 @@ onto this machine's devices (any number of them), prints loss and error and writ
 Comparing (depthlab/figures.py) reads each run's metrics.jsonl and config.json and draws He
 et al. 2015's Fig. 6 (training error dashed, test error solid, one colour per depth, plain
 and residual nets side by side; PNG and PDF), writes a Markdown table in the form of the
-paper's Table 6 (mean ± std where several seeds ran), and, for runs with
+paper's Table 6 (mean ± std where several seeds ran) with the verdict on Fig. 6's claims (each
+net's errors at the end against the next depth's, and the residual net's against the plain
+one's, over the seeds both ran), and, for runs with
 config.log_grad_norms, a figure of each block's gradient norm from input to output. A run it
 cannot compare (no test error yet, a missing or damaged config.json or metrics.jsonl) is named
 on stderr with the reason, and left out.
@@ -60,7 +62,7 @@ def run(argv):
         "compare needs run folders or wandb sweep paths, e.g. eval.py compare runs/plain_vs_residual"
       )
     result = compare(argv[2:], FLAGS.out, FLAGS.step)  # prints each run it skips, and why
-    print(result["table"])
+    print(result["table"] + (f"\n\n{result['verdict']}" if result["verdict"] else ""))
     untested = f" ({len(result['untested'])} with no test error yet: training error only)" if result["untested"] else ""
     skipped = f", {len(result['skipped'])} skipped (listed above)" if result["skipped"] else ""
     print(f"{counted(result['runs'], 'run')} compared{untested}{skipped}; wrote " + ", ".join(result["paths"]))

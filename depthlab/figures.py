@@ -4,7 +4,9 @@ side-by-side panels with a shared logarithmic error axis, so that a gap of a poi
 end is as visible as the first steps; a dotted line where the learning rate changes; a line
 under the panels that gives the length, seeds and recipe; PNG and PDF), a Markdown table
 in the form of Table 6 (mean ± std where several seeds ran, as separate runs or as one run of
-config.num_seeds; their test error's spread is a band in the figure), and, for runs with
+config.num_seeds; their test error's spread is a band in the figure), the verdict on Fig. 6's
+claims (`verdict`: each depth's errors at the end against the next, over the seeds both ran),
+and, for runs with
 config.log_grad_norms, each block's gradient norm from input to output. `compare` draws and
 writes them all, and names each run it leaves out and why (no metrics yet, a missing or damaged
 config.json or metrics.jsonl), and each it can draw with its training error only (no test
@@ -230,28 +232,81 @@ def _percent(values: Sequence[float]) -> str:
   return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
 
 
+def final_train_error(run: RunHistory) -> float:
+  """The training error at the end as the figure draws it: its mean over the last
+  TRAIN_WINDOW_STEPS steps (a 10-step log line alone is a point or more of noise)."""
+  return float(smoothed(*run.curve("train_error"), TRAIN_WINDOW_STEPS)[1][-1])
+
+
+def final_test_error(run: RunHistory) -> float | None:
+  """The last test error the run logged, or None if it has not been evaluated."""
+  values = run.curve("test_error")[1]
+  return float(values[-1]) if len(values) else None
+
+
 def results_table(runs: Sequence[RunHistory]) -> str:
   """Table 6 as Markdown: per net its depth, parameters, final and best errors (%), and the paper's."""
   rows = [
-    "| net | depth | parameters | runs | steps | final train error (%) | final test error (%) "
-    "| best test error (%) | paper test error (%) |",
+    f"| net | depth | parameters | runs | steps | final train error, last {TRAIN_WINDOW_STEPS} steps (%) "
+    "| final test error (%) | best test error (%) | paper test error (%) |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
   for net, group in group_by_net(runs).items():
     config = group[0].config
     depth = config.model.get("depth", "")
     paper = PAPER_TEST_ERROR.get(depth) if net == f"resnet{depth}" else None
-    final = lambda key, runs: [run.curve(key)[1][-1] for run in runs]
-    evaluated = [run for run in group if any("test_error" in line for line in run.lines)]
+    evaluated = [run for run in group if final_test_error(run) is not None]
     test = lambda values, evaluated=evaluated: _percent(values) if evaluated else "- (not evaluated yet)"
     params = f"{group[0].num_params / 1e6:.2f}M" if group[0].num_params else "-"
     steps = max(int(run.lines[-1]["step"]) for run in group)
+    train = _percent([final_train_error(run) for run in group])
+    final, best = [final_test_error(run) for run in evaluated], [run.curve("test_error")[1].min() for run in evaluated]
     rows.append(
-      f"| {net} | {depth} | {params} | {len(group)} | {steps} | {_percent(final('train_error', group))} | "
-      f"{test(final('test_error', evaluated))} | {test([run.curve('test_error')[1].min() for run in evaluated])} "
+      f"| {net} | {depth} | {params} | {len(group)} | {steps} | {train} | {test(final)} | {test(best)} "
       f"| {paper if paper else '-'} |"
     )
   return "\n".join(rows)
+
+
+def change_with_depth(shallow: Sequence[RunHistory], deep: Sequence[RunHistory]) -> str:
+  """How the errors at the end change from one net to the other, over the seeds both ran: the
+  mean of each, the change in points, and at how many of those seeds the second net's is higher."""
+  by_seed = lambda runs: {run.config.seed: run for run in runs}
+  first, second = by_seed(shallow), by_seed(deep)
+  seeds = sorted(set(first) & set(second))
+  if not seeds:
+    return f"no seed in common (seeds {sorted(first)} and {sorted(second)})"
+  parts = []
+  for label, final in (("training error", final_train_error), ("test error", final_test_error)):
+    pairs = [(final(first[s]), final(second[s])) for s in seeds]
+    if any(value is None for pair in pairs for value in pair):
+      continue
+    a, b = (100 * np.mean([pair[i] for pair in pairs]) for i in (0, 1))
+    higher = sum(deeper > shallower for shallower, deeper in pairs)
+    parts.append(f"{label} {a:.2f}% → {b:.2f}% ({b - a:+.2f} points, higher at {higher} of {len(seeds)})")
+  seed_list = "seed" + ("s " if len(seeds) > 1 else " ") + ", ".join(str(s) for s in seeds)
+  return f"{'; '.join(parts)}; {seed_list}"
+
+
+def verdict(runs: Sequence[RunHistory]) -> str:
+  """Fig. 6's two claims as Markdown lines, from the runs: for each panel, each depth against
+  the next one up (do plain nets get worse with depth, residual nets better?), then at each
+  depth the residual net against the plain one."""
+  groups = group_by_net(runs)
+  panels = {}
+  for net, group in groups.items():
+    if group[0].config.model.name == "cifar_resnet":
+      panels.setdefault(group[0].panel, []).append(net)
+  lines = []
+  for panel in ("plain", "residual"):
+    nets = panels.get(panel, [])  # ordered by depth
+    for shallow, deep in zip(nets, nets[1:]):
+      lines.append(f"- {shallow} → {deep}: {change_with_depth(groups[shallow], groups[deep])}")
+  for plain in panels.get("plain", []):
+    residual = [net for net in panels.get("residual", []) if net == plain.replace("plain", "resnet")]
+    for net in residual:
+      lines.append(f"- {plain} → {net}: {change_with_depth(groups[plain], groups[net])}")
+  return "\n".join(lines)
 
 
 def counted(number: int, noun: str) -> str:
@@ -270,9 +325,10 @@ def not_evaluated(run: RunHistory, step: int | None) -> str | None:
 
 
 def compare(sources: Sequence[str], out: str | None = None, step: int | None = None) -> dict[str, Any]:
-  """Draws the runs' curves and writes their table; returns the paths written, the table, the
-  number of runs compared, the runs skipped and those drawn without a test error ('source: why',
-  each also printed on stderr). A run not evaluated yet is drawn with its training error only."""
+  """Draws the runs' curves and writes their table and verdict (figures.verdict); returns the
+  paths written, the table, the verdict, the number of runs compared, the runs skipped and
+  those drawn without a test error ('source: why', each also printed on stderr). A run not
+  evaluated yet is drawn with its training error only."""
   found, skipped = load_runs(sources)
   runs, untested = [], []
   for run in [up_to_step(run, step) for run in found]:
@@ -293,11 +349,18 @@ def compare(sources: Sequence[str], out: str | None = None, step: int | None = N
     )
   out = out or os.path.join(sources[0] if os.path.isdir(sources[0]) else "runs", "compare")
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-  table = results_table(runs)
+  table, changes = results_table(runs), verdict(runs)
   with open(f"{out}.md", "w") as f:
-    f.write(table + "\n")
+    f.write(table + "\n" + (f"\nFrom each net to the next (errors at the end):\n\n{changes}\n" if changes else ""))
   paths = save_figure(draw_error_curves(runs), f"{out}.png", f"{out}.pdf") + [f"{out}.md"]
   grad_norms = draw_grad_norms(runs)
   if grad_norms is not None:
     paths += save_figure(grad_norms, f"{out}_grad_norms.png")
-  return {"table": table, "paths": paths, "runs": len(runs), "skipped": skipped, "untested": untested}
+  return {
+    "table": table,
+    "verdict": changes,
+    "paths": paths,
+    "runs": len(runs),
+    "skipped": skipped,
+    "untested": untested,
+  }

@@ -46,7 +46,8 @@ def sweep_dir(tmp_path):
 
 
 def table_rows(table):
-  rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
+  """The table's rows by net; `table` may go on, after a blank line, with the verdict."""
+  rows = [line.strip("|").split("|") for line in table.split("\n\n")[0].splitlines()[2:]]
   return {cells[0].strip(): [c.strip() for c in cells] for cells in rows}
 
 
@@ -56,6 +57,8 @@ def test_compare_draws_fig6_as_png_and_pdf_and_writes_table6(sweep_dir, tmp_path
     assert os.path.getsize(tmp_path / "fig" / f"fig6{suffix}") > 1000 or suffix == ".md"
   assert result["runs"] == 5
   assert set(table_rows(result["table"])) == {"plain20", "plain56", "resnet20", "resnet56"}
+  written = (tmp_path / "fig" / "fig6.md").read_text()
+  assert written.startswith(result["table"]) and written.rstrip().endswith(result["verdict"])
 
 
 def test_figure_has_a_train_and_a_test_line_per_net_in_plain_and_residual_panels(sweep_dir):
@@ -139,6 +142,33 @@ def test_table_numbers_are_those_of_metrics_jsonl(sweep_dir):
   seeds = [100 * read_metrics(sweep_dir / name)[-1]["test_error"] for name in ("resnet20", "resnet20-seed1")]
   assert rows["resnet20"][3] == "2" and rows["resnet20"][8] == "8.75"  # two seeds; the paper's Table 6
   assert rows["resnet20"][6] == f"{np.mean(seeds):.2f} ± {np.std(seeds, ddof=1):.2f}"
+
+
+def test_the_verdict_takes_each_depth_to_the_next_and_each_plain_net_to_its_residual_twin(sweep_dir):
+  lines = figures.verdict(history.load_runs([str(sweep_dir)])[0]).splitlines()
+  assert [line.split(":")[0] for line in lines] == [
+    "- plain20 → plain56",
+    "- resnet20 → resnet56",
+    "- plain20 → resnet20",
+    "- plain56 → resnet56",
+  ]
+  last = lambda name, key: 100 * [line for line in read_metrics(sweep_dir / name) if key in line][-1][key]
+  a, b = last("resnet20", "test_error"), last("resnet56", "test_error")
+  assert f"test error {a:.2f}% → {b:.2f}% ({b - a:+.2f} points, higher at {int(b > a)} of 1)" in lines[1]
+  assert lines[1].endswith("; seed 0")  # resnet20-seed1 has no ResNet-56 beside it
+
+
+def test_the_verdict_averages_over_the_seeds_both_nets_ran_and_counts_them(sweep_dir):
+  """Training error at the end is its mean over the last 100 steps, as the figure draws it."""
+  write_run(sweep_dir / "resnet56-seed1", 56, True, seed=1, steps=tuple(range(10, 310, 10)))
+  line = figures.verdict(history.load_runs([str(sweep_dir)])[0]).splitlines()[1]
+  shallow = [read_metrics(sweep_dir / name)[-1]["train_error"] for name in ("resnet20", "resnet20-seed1")]
+  deep = [read_metrics(sweep_dir / "resnet56")[-1]["train_error"]]
+  deep.append(np.mean([m["train_error"] for m in read_metrics(sweep_dir / "resnet56-seed1")[-10:]]))
+  a, b = 100 * np.mean(shallow), 100 * np.mean(deep)
+  higher = sum(d > s for s, d in zip(shallow, deep))
+  assert line.startswith(f"- resnet20 → resnet56: training error {a:.2f}% → {b:.2f}% ({b - a:+.2f} points")
+  assert f"higher at {higher} of 2)" in line and line.endswith("; seeds 0, 1")
 
 
 def test_compare_at_equal_steps_cuts_longer_runs(sweep_dir):
@@ -265,6 +295,8 @@ def test_compare_names_each_run_it_leaves_out_and_why_and_counts_only_those_it_c
   assert (
     "2 runs compared (1 with no test error yet: training error only), 4 skipped (listed above); wrote " in result.stdout
   )
+  change = next(line for line in result.stdout.splitlines() if line.startswith("- resnet20 → resnet56: "))
+  assert "training error" in change and "test error" not in change  # ResNet-56 not evaluated yet
   skipped = sorted(line for line in result.stderr.splitlines() if line.startswith("Skipped "))
   assert len(skipped) == 4 and "Traceback" not in result.stderr
   assert skipped[0].startswith(f"Skipped {root / 'bad_metrics'}: {metrics}: line 1 is not a metrics line")
