@@ -4,6 +4,7 @@ with the reason."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -325,3 +326,38 @@ def test_compare_with_every_run_left_out_says_so_in_one_line_and_exits_1(tmp_pat
     f"Error: No run to compare in {tmp_path / 'runs'}: each run found was skipped, for the reason listed above.",
   ]
   assert contents(tmp_path) == before  # no figure, no table
+
+
+# ------------------------------------------------------------------------------ the results the docs publish
+
+FIG6_4K_RUNS = os.path.join(REPO, "results", "fig6_4k")
+FIG6_4K_TABLE = os.path.join(REPO, "docs", "fig6_4k.md")
+
+
+def test_docs_fig6_4k_table_and_verdict_are_what_compare_writes_from_the_shipped_runs(tmp_path):
+  """`python eval.py compare results/fig6_4k --out=docs/fig6_4k`, on a fresh clone, writes the
+  table and verdict that docs/ publish: they cannot drift from the data they come from."""
+  figures.compare([FIG6_4K_RUNS], out=str(tmp_path / "fig6_4k"))
+  with open(FIG6_4K_TABLE) as published:
+    assert (tmp_path / "fig6_4k.md").read_text() == published.read()
+
+
+def readme_section(heading: str) -> str:
+  """README.md from `heading` to the next heading."""
+  with open(os.path.join(REPO, "README.md")) as f:
+    text = f.read()
+  start = text.index(heading)
+  return text[start : text.index("\n#", start + len(heading))]
+
+
+def test_every_number_the_readme_quotes_from_fig6_at_4000_steps_is_in_the_shipped_runs_table_or_verdict():
+  """The README's verdict at 4,000 steps quotes docs/fig6_4k.md (checked above against
+  results/fig6_4k); the old recipe's numbers, whose metrics did not survive, come from
+  docs/fig6_residual_4k.md."""
+  section = readme_section("### Fig. 6 at 4,000 steps")
+  with open(FIG6_4K_TABLE) as new, open(os.path.join(REPO, "docs", "fig6_residual_4k.md")) as old:
+    sources = new.read() + old.read()
+  decimals = lambda text: re.findall(r"(?<![\w.])\d+\.\d+", text)  # 21.43 of "21.43%", 1.52 of "-1.52 points"
+  quoted, derived = decimals(section), set(decimals(sources))
+  assert len(quoted) >= 4
+  assert [number for number in quoted if number not in derived] == []
