@@ -134,7 +134,7 @@ def draw_error_curves(runs: Sequence[RunHistory]) -> Any:
     for colour, net, group in nets:
       seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
       steps, train_error = smoothed(*mean_curve(group, "train_error"), TRAIN_WINDOW_STEPS)
-      evaluated = [run for run in group if any("test_error" in line for line in run.lines)]
+      evaluated = [run for run in group if final_test_error(run) is not None]
       label = None if evaluated else f"{net}{seeds}: no test error yet"
       ax.plot(steps, 100 * train_error, "--", color=colour, linewidth=1, label=label)
       if not evaluated:
@@ -303,9 +303,9 @@ def verdict(runs: Sequence[RunHistory]) -> str:
     for shallow, deep in zip(nets, nets[1:]):
       lines.append(f"- {shallow} → {deep}: {change_with_depth(groups[shallow], groups[deep])}")
   for plain in panels.get("plain", []):
-    residual = [net for net in panels.get("residual", []) if net == plain.replace("plain", "resnet")]
-    for net in residual:
-      lines.append(f"- {plain} → {net}: {change_with_depth(groups[plain], groups[net])}")
+    twin = plain.replace("plain", "resnet")
+    if twin in panels.get("residual", []):
+      lines.append(f"- {plain} → {twin}: {change_with_depth(groups[plain], groups[twin])}")
   return "\n".join(lines)
 
 
@@ -316,7 +316,7 @@ def counted(number: int, noun: str) -> str:
 
 def not_evaluated(run: RunHistory, step: int | None) -> str | None:
   """Why a run has no test error (up to `step`), or None if it has one."""
-  if any("test_error" in line for line in run.lines):
+  if final_test_error(run) is not None:
     return None
   if step is not None:
     return f"no test error logged up to step {step} (--step)."
