@@ -62,7 +62,7 @@ def run(argv):
         "compare needs run folders or wandb sweep paths, e.g. eval.py compare runs/plain_vs_residual"
       )
     result = compare(argv[2:], FLAGS.out, FLAGS.step)  # prints each run it skips, and why
-    print(result["table"] + (f"\n\n{result['verdict']}" if result["verdict"] else ""))
+    print(result["report"], end="")
     untested = f" ({len(result['untested'])} with no test error yet: training error only)" if result["untested"] else ""
     skipped = f", {len(result['skipped'])} skipped (listed above)" if result["skipped"] else ""
     print(f"{counted(result['runs'], 'run')} compared{untested}{skipped}; wrote " + ", ".join(result["paths"]))

@@ -326,8 +326,9 @@ def not_evaluated(run: RunHistory, step: int | None) -> str | None:
 
 def compare(sources: Sequence[str], out: str | None = None, step: int | None = None) -> dict[str, Any]:
   """Draws the runs' curves and writes their table and verdict (figures.verdict); returns the
-  paths written, the table, the verdict, the number of runs compared, the runs skipped and
-  those drawn without a test error ('source: why', each also printed on stderr). A run not
+  paths written, the table, the verdict, the report (both, as written into <out>.md), the
+  number of runs compared, the runs skipped and those drawn without a test error
+  ('source: why', each also printed on stderr). A run not
   evaluated yet is drawn with its training error only."""
   found, skipped = load_runs(sources)
   runs, untested = [], []
@@ -350,8 +351,9 @@ def compare(sources: Sequence[str], out: str | None = None, step: int | None = N
   out = out or os.path.join(sources[0] if os.path.isdir(sources[0]) else "runs", "compare")
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   table, changes = results_table(runs), verdict(runs)
+  report = table + "\n" + (f"\nFrom each net to the next (errors at the end):\n\n{changes}\n" if changes else "")
   with open(f"{out}.md", "w") as f:
-    f.write(table + "\n" + (f"\nFrom each net to the next (errors at the end):\n\n{changes}\n" if changes else ""))
+    f.write(report)
   paths = save_figure(draw_error_curves(runs), f"{out}.png", f"{out}.pdf") + [f"{out}.md"]
   grad_norms = draw_grad_norms(runs)
   if grad_norms is not None:
@@ -359,6 +361,7 @@ def compare(sources: Sequence[str], out: str | None = None, step: int | None = N
   return {
     "table": table,
     "verdict": changes,
+    "report": report,
     "paths": paths,
     "runs": len(runs),
     "skipped": skipped,

@@ -296,6 +296,7 @@ def test_compare_names_each_run_it_leaves_out_and_why_and_counts_only_those_it_c
   assert (
     "2 runs compared (1 with no test error yet: training error only), 4 skipped (listed above); wrote " in result.stdout
   )
+  assert result.stdout.startswith((tmp_path / "fig.md").read_text())  # the table and verdict as written
   change = next(line for line in result.stdout.splitlines() if line.startswith("- resnet20 → resnet56: "))
   assert "training error" in change and "test error" not in change  # ResNet-56 not evaluated yet
   skipped = sorted(line for line in result.stderr.splitlines() if line.startswith("Skipped "))
