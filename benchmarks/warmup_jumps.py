@@ -6,10 +6,10 @@ its lowest earlier value, through the end of the warm-up and 300 steps beyond it
 
 It reads every run below the folders given (their metrics.jsonl and config.json, logged every
 10 steps, as sweeps/warmup_*.yaml and sweeps/fig6_4k*.yaml log; a longer run is judged on its
-first steps alone), prints a Markdown table with a row per run (warm-up
-shape, net, seed, its largest rise and where, its last 50-step error, at chance or not, the
-verdict) and the verdict per shape, and with --plot draws each run's 50-step mean training
-error, a panel per net, a colour per warm-up shape.
+first steps alone, and a run that has not logged them yet is skipped, and says so), prints a
+Markdown table with a row per run (warm-up shape, net, seed, its largest rise and where, its
+last 50-step error, at chance or not, the verdict) and the verdict per shape, and with --plot
+draws each run's 50-step mean training error, a panel per net, a colour per warm-up shape.
 """
 
 import argparse
@@ -58,6 +58,17 @@ def measured_means(run: history.RunHistory, key: str) -> tuple[np.ndarray, np.nd
   steps, means = window_means(run, key)
   measured = steps <= run.config.warmup_steps + STEPS_AFTER_WARMUP
   return steps[measured], means[measured]
+
+
+def not_measured_yet(run: history.RunHistory) -> str | None:
+  """Why `run` cannot be judged yet (it has not logged the steps the criterion looks at), or None."""
+  last, needed = run.lines[-1]["step"] if run.lines else 0, run.config.warmup_steps + STEPS_AFTER_WARMUP
+  if last >= needed:
+    return None
+  return (
+    f"{run.source}: logged up to step {last}; the criterion looks at steps up to {needed} "
+    f"(its warm-up and {STEPS_AFTER_WARMUP} after)."
+  )
 
 
 def judge(run: history.RunHistory) -> Verdict:
@@ -141,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--plot", help="also draw the curves into this image file")
   args = parser.parse_args(argv)
   runs, skipped = history.load_runs(args.folders)
+  skipped += [why for why in map(not_measured_yet, runs) if why]
+  runs = [run for run in runs if not not_measured_yet(run)]
   for reason in skipped:
     print(f"Skipped {reason}", file=sys.stderr)
   runs = sorted(runs, key=lambda r: (r.net, r.config.warmup_shape, r.config.seed))

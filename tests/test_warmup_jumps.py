@@ -67,3 +67,13 @@ def test_the_command_prints_a_row_per_run_and_the_verdict_per_shape(tmp_path, ca
   assert out.count("| constant | resnet56 |") == 2 and out.count("| linear | resnet56 |") == 2
   assert "constant: 0 of 2 runs meet the criterion" in out and "linear: 2 of 2 runs meet the criterion" in out
   assert (tmp_path / "w.png").stat().st_size > 10_000
+
+
+def test_a_run_that_has_not_reached_the_end_of_the_measured_steps_is_skipped_and_says_so(tmp_path, capsys):
+  """A Fig. 6 run still training is not judged on the part of the window it has logged."""
+  write_run(tmp_path / "done", "linear", 0, smooth)
+  write_run(tmp_path / "early", "linear", 1, smooth, total_steps=100)
+  assert warmup_jumps.main([str(tmp_path)]) == 0
+  out, err = capsys.readouterr()
+  assert out.count("| linear | resnet56 |") == 1 and "linear: 1 of 1 runs meet the criterion" in out
+  assert f"Skipped {tmp_path / 'early'}: logged up to step 100; the criterion looks at steps up to 700" in err
