@@ -151,9 +151,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("folders", nargs="+", help="folders holding runs (workdirs, or results/<sweep>)")
   parser.add_argument("--plot", help="also draw the curves into this image file")
   args = parser.parse_args(argv)
-  runs, skipped = history.load_runs(args.folders)
-  skipped += [why for why in map(not_measured_yet, runs) if why]
-  runs = [run for run in runs if not not_measured_yet(run)]
+  found, skipped = history.load_runs(args.folders)
+  runs = []
+  for run in found:
+    why = not_measured_yet(run)
+    if why:
+      skipped.append(why)
+    else:
+      runs.append(run)
   for reason in skipped:
     print(f"Skipped {reason}", file=sys.stderr)
   runs = sorted(runs, key=lambda r: (r.net, r.config.warmup_shape, r.config.seed))

@@ -328,8 +328,8 @@ def compare(sources: Sequence[str], out: str | None = None, step: int | None = N
   """Draws the runs' curves and writes their table and verdict (figures.verdict); returns the
   paths written, the table, the verdict, the report (both, as written into <out>.md), the
   number of runs compared, the runs skipped and those drawn without a test error
-  ('source: why', each also printed on stderr). A run not
-  evaluated yet is drawn with its training error only."""
+  ('source: why', each also printed on stderr). A run not evaluated yet is drawn with its
+  training error only."""
   found, skipped = load_runs(sources)
   runs, untested = [], []
   for run in [up_to_step(run, step) for run in found]:
