@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from depthlab import collapse, history
+from depthlab import cli, collapse, history
 
 WINDOW_STEPS = 50  # the criterion's mean: steps s-49 .. s
 FROM_STEP = 100  # windows that end at or after this step count
@@ -146,12 +146,10 @@ def draw(runs: Sequence[history.RunHistory], verdicts: Sequence[Verdict]):
   return fig
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("folders", nargs="+", help="folders holding runs (workdirs, or results/<sweep>)")
-  parser.add_argument("--plot", help="also draw the curves into this image file")
-  args = parser.parse_args(argv)
-  found, skipped = history.load_runs(args.folders)
+def measured_runs(folders: Sequence[str]) -> list[history.RunHistory]:
+  """The runs below `folders` that have logged the steps the criterion looks at, by net, shape
+  and seed; each run left out is printed on stderr with the reason."""
+  found, skipped = history.load_runs(folders)
   runs = []
   for run in found:
     why = not_measured_yet(run)
@@ -161,8 +159,21 @@ def main(argv: list[str] | None = None) -> int:
       runs.append(run)
   for reason in skipped:
     print(f"Skipped {reason}", file=sys.stderr)
-  runs = sorted(runs, key=lambda r: (r.net, r.config.warmup_shape, r.config.seed))
-  verdicts = [judge(run) for run in runs]
+  if not runs:  # load_runs raises where it finds none at all
+    raise FileNotFoundError(
+      f"No run to judge in {', '.join(folders)}: each run found was skipped, for the reason above."
+    )
+  return sorted(runs, key=lambda r: (r.net, r.config.warmup_shape, r.config.seed))
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("folders", nargs="+", help="folders holding runs (workdirs, or results/<sweep>)")
+  parser.add_argument("--plot", help="also draw the curves into this image file")
+  args = parser.parse_args(argv)
+  with cli.user_errors_as_messages(also=(FileNotFoundError, ValueError)):  # a wrong folder, lines that don't tile
+    runs = measured_runs(args.folders)
+    verdicts = [judge(run) for run in runs]
   print(format_table(verdicts))
   print(per_shape(verdicts))
   if args.plot:

@@ -77,3 +77,14 @@ def test_a_run_that_has_not_reached_the_end_of_the_measured_steps_is_skipped_and
   out, err = capsys.readouterr()
   assert out.count("| linear | resnet56 |") == 1 and "linear: 1 of 1 runs meet the criterion" in out
   assert f"Skipped {tmp_path / 'early'}: logged up to step 100; the criterion looks at steps up to 700" in err
+
+
+def test_a_folder_without_runs_to_judge_is_one_message_and_exit_status_1_not_a_traceback(tmp_path, capsys):
+  (tmp_path / "empty").mkdir()
+  write_run(tmp_path / "early" / "run", "linear", 0, smooth, total_steps=100)
+  for folder in (tmp_path / "missing", tmp_path / "empty", tmp_path / "early"):
+    with pytest.raises(SystemExit) as exit_info:
+      warmup_jumps.main([str(folder)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("Error: ") and "Traceback" not in err and str(folder) in err
