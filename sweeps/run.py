@@ -423,15 +423,17 @@ def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None)
   """Runs what is not finished, `parallel` at a time, and sets each run's status; returns the
   signal that stopped the sweep (SIGTERM or SIGINT, passed on to its runs), or 0."""
   gpus = accelerators() if gpus is None else gpus
+  # "[k/n]" counts the runs this call was given (a --runs subset included), not the sweep's.
+  position = {run.index: f"[{k + 1}/{len(runs)}]" for k, run in enumerate(runs)}
   todo = []
   for run in runs:
     final, holder = checkpoints.final_metrics(run.workdir), workdir_lock.holder(run.workdir)
     if final and final["step"] >= run.config.total_steps:
       run.status = "finished before"
-      print(f"[{run.index + 1}/{len(runs)}] {run.name}: finished before, skipped ({run.workdir})", flush=True)
+      print(f"{position[run.index]} {run.name}: finished before, skipped ({run.workdir})", flush=True)
     elif holder:  # another runner, agent or job trains it: train.py would be refused
       run.status = f"in progress elsewhere ({workdir_lock.describe(holder)})"
-      print(f"[{run.index + 1}/{len(runs)}] {run.name}: {run.status}, skipped", flush=True)
+      print(f"{position[run.index]} {run.name}: {run.status}, skipped", flush=True)
     else:
       todo.append(run)
   # A sweep resumed near its end may have fewer runs left than slots: the cores are then split
@@ -460,7 +462,7 @@ def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None)
           if "CUDA_VISIBLE_DEVICES" in env
           else (f" on cores {sorted(cores)}" if cores else "")
         )
-        print(f"[{run.index + 1}/{len(runs)}] {run.name}: started{where}; log {run.log_path}", flush=True)
+        print(f"{position[run.index]} {run.name}: started{where}; log {run.log_path}", flush=True)
       if stop["signum"] and not active:
         break
       time.sleep(0.2)
@@ -473,8 +475,7 @@ def run_sweep(runs: list[Run], parallel: int = 1, gpus: list[str] | None = None)
         line = final_line(run.workdir)
         result = f", test error {100 * line['test_error']:.2f}%" if "test_error" in line else ""
         print(
-          f"[{run.index + 1}/{len(runs)}] {run.name}: {run.status} after "
-          f"{writers.format_duration(run.seconds)}{result}",
+          f"{position[run.index]} {run.name}: {run.status} after {writers.format_duration(run.seconds)}{result}",
           flush=True,
         )
         del active[index]

@@ -279,6 +279,10 @@ def test_runner_runs_a_sweep_then_skips_finished_runs_and_resumes_an_interrupted
   assert [line["step"] for line in read_metrics(plain)] == [2, 4]
   assert "| resnet8 | finished before |" in out and "| plain8 | done |" in out
 
+  # A --runs subset is counted on its own: plain8 is the sweep's second run but this call's first.
+  assert runner.main([sweep, "--runs=plain8", "--gpus", ""]) == 0
+  assert "[1/1] plain8: finished before, skipped" in capsys.readouterr().out
+
 
 def test_parallel_runs_split_the_cores_or_take_the_gpus_in_turn(monkeypatch):
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
