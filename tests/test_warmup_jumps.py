@@ -2,6 +2,7 @@
 5 points in the 50-step mean training error after step 100, or a run at chance, fails it)."""
 
 import json
+import pathlib
 
 import pytest
 
@@ -88,3 +89,44 @@ def test_a_folder_without_runs_to_judge_is_one_message_and_exit_status_1_not_a_t
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("Error: ") and "Traceback" not in err and str(folder) in err
+
+
+# ------------------------------------------------------------------------------ the measurement the docs publish
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"
+
+
+def printed_rows(folders, capsys) -> list[str]:
+  """The table rows `python -m benchmarks.warmup_jumps <folders>` prints."""
+  assert warmup_jumps.main([str(folder) for folder in folders]) == 0
+  return [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+
+
+def one_line(path: pathlib.Path) -> str:
+  return " ".join(path.read_text().split())
+
+
+@pytest.mark.parametrize("folders", [["warmup_constant", "warmup_linear"], ["fig6_4k"]])
+def test_every_row_the_command_prints_from_the_shipped_runs_is_in_docs_recipe(folders, capsys):
+  """docs/recipe.md's warm-up tables are what its commands print from results/ on a fresh clone,
+  row for row: a run landed without its row, or a row edited by hand, fails here."""
+  recipe = (REPO / "docs" / "recipe.md").read_text()
+  rows = printed_rows([RESULTS / folder for folder in folders], capsys)
+  assert len(rows) > 1 and [row for row in rows[1:] if row not in recipe] == []
+
+
+def test_the_readme_and_docs_recipe_quote_resnet56s_ranges_under_each_shape_from_the_shipped_runs():
+  """'meets it at 5 of 5 seeds (largest rise 0.5-1.7 points, training error 38.6-44.3% at step
+  700)': each count and range the README and docs/recipe.md give is derived here from results/."""
+  runs, _ = history.load_runs([str(RESULTS / "warmup_constant"), str(RESULTS / "warmup_linear")])
+  verdicts = [warmup_jumps.judge(run) for run in runs if run.net == "resnet56"]
+  readme, recipe = one_line(REPO / "README.md"), one_line(REPO / "docs" / "recipe.md")
+  for shape, verb in (("linear", "meets"), ("constant", "fails")):
+    of_shape = [v for v in verdicts if v.shape == shape]
+    rises = [f"{100 * rise:.1f}" for rise in sorted(v.largest_rise for v in of_shape)]
+    errors = [f"{100 * error:.1f}" for error in sorted(v.last_error for v in of_shape)]
+    counted = sum(v.meets == (verb == "meets") for v in of_shape)
+    assert f"{verb} it at {counted} of {len(of_shape)} seeds" in readme
+    assert f"{rises[0]}-{rises[-1]} points" in readme and f"{errors[0]}-{errors[-1]}%" in readme
+    assert f"{errors[0]}-{errors[-1]}%" in recipe
