@@ -131,7 +131,7 @@ def draw(runs: Sequence[history.RunHistory], verdicts: Sequence[Verdict]):
       steps, errors = measured_means(run, "train_error")
       label = (
         f"{verdict.shape} warm-up"
-        if verdict.seed == min(v.seed for v in verdicts if v.shape == verdict.shape)
+        if verdict.seed == min(v.seed for v in verdicts if v.shape == verdict.shape and v.net == net)
         else None
       )
       ax.plot(steps, 100 * errors, color=colours[verdict.shape], linewidth=1, label=label)

@@ -70,6 +70,25 @@ def test_the_command_prints_a_row_per_run_and_the_verdict_per_shape(tmp_path, ca
   assert (tmp_path / "w.png").stat().st_size > 10_000
 
 
+def test_the_figure_has_a_panel_per_net_each_with_a_legend_entry_per_shape_it_holds(tmp_path):
+  """ResNet-56 at seeds 0-1 under both shapes beside a net measured only at seed 1 (as plain-56
+  is in the Fig. 6 grid): each panel names the shapes it draws."""
+  for seed in (0, 1):
+    write_run(tmp_path / f"r56-constant-{seed}", "constant", seed, jump_after_400)
+    write_run(tmp_path / f"r56-linear-{seed}", "linear", seed, smooth)
+  other = write_run(tmp_path / "r20-1", "linear", 1, smooth)
+  config = json.loads((other / "config.json").read_text())
+  config["model"]["depth"] = 20
+  (other / "config.json").write_text(json.dumps(config))
+  runs = warmup_jumps.measured_runs([str(tmp_path)])
+  fig = warmup_jumps.draw(runs, [warmup_jumps.judge(run) for run in runs])
+  labels = [[text.get_text() for text in ax.get_legend().get_texts()] for ax in fig.axes]
+  assert labels == [
+    ["linear warm-up", "end of the warm-up (400)"],
+    ["constant warm-up", "linear warm-up", "end of the warm-up (400)"],
+  ]
+
+
 def test_a_run_that_has_not_reached_the_end_of_the_measured_steps_is_skipped_and_says_so(tmp_path, capsys):
   """A Fig. 6 run still training is not judged on the part of the window it has logged."""
   write_run(tmp_path / "done", "linear", 0, smooth)
