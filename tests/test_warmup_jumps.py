@@ -9,12 +9,13 @@ import pytest
 from benchmarks import warmup_jumps
 from configs import default
 from depthlab import history
+from tests.conftest import REPO
 
 
-def write_run(folder, shape, seed, error_at, total_steps=700):
+def write_run(folder, shape, seed, error_at, total_steps=700, depth=56):
   """A workdir as a run of sweeps/warmup_<shape>.yaml leaves it, its training error error_at(step)."""
   config = default.get_config()
-  config.warmup_shape, config.seed, config.total_steps = shape, seed, total_steps
+  config.warmup_shape, config.seed, config.total_steps, config.model.depth = shape, seed, total_steps, depth
   folder.mkdir(parents=True)
   (folder / "config.json").write_text(json.dumps(config.to_dict(), default=list))
   lines = []
@@ -76,10 +77,7 @@ def test_the_figure_has_a_panel_per_net_each_with_a_legend_entry_per_shape_it_ho
   for seed in (0, 1):
     write_run(tmp_path / f"r56-constant-{seed}", "constant", seed, jump_after_400)
     write_run(tmp_path / f"r56-linear-{seed}", "linear", seed, smooth)
-  other = write_run(tmp_path / "r20-1", "linear", 1, smooth)
-  config = json.loads((other / "config.json").read_text())
-  config["model"]["depth"] = 20
-  (other / "config.json").write_text(json.dumps(config))
+  write_run(tmp_path / "r20-1", "linear", 1, smooth, depth=20)
   runs = warmup_jumps.measured_runs([str(tmp_path)])
   fig = warmup_jumps.draw(runs, [warmup_jumps.judge(run) for run in runs])
   labels = [[text.get_text() for text in ax.get_legend().get_texts()] for ax in fig.axes]
@@ -112,8 +110,7 @@ def test_a_folder_without_runs_to_judge_is_one_message_and_exit_status_1_not_a_t
 
 # ------------------------------------------------------------------------------ the measurement the docs publish
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-RESULTS = REPO / "results"
+RESULTS = pathlib.Path(REPO) / "results"
 
 
 def printed_rows(folders, capsys) -> list[str]:
@@ -130,7 +127,7 @@ def one_line(path: pathlib.Path) -> str:
 def test_every_row_the_command_prints_from_the_shipped_runs_is_in_docs_recipe(folders, capsys):
   """docs/recipe.md's warm-up tables are what its commands print from results/ on a fresh clone,
   row for row: a run landed without its row, or a row edited by hand, fails here."""
-  recipe = (REPO / "docs" / "recipe.md").read_text()
+  recipe = pathlib.Path(REPO, "docs", "recipe.md").read_text()
   rows = printed_rows([RESULTS / folder for folder in folders], capsys)
   assert len(rows) > 1 and [row for row in rows[1:] if row not in recipe] == []
 
@@ -140,7 +137,7 @@ def test_the_readme_and_docs_recipe_quote_resnet56s_ranges_under_each_shape_from
   700)': each count and range the README and docs/recipe.md give is derived here from results/."""
   runs, _ = history.load_runs([str(RESULTS / "warmup_constant"), str(RESULTS / "warmup_linear")])
   verdicts = [warmup_jumps.judge(run) for run in runs if run.net == "resnet56"]
-  readme, recipe = one_line(REPO / "README.md"), one_line(REPO / "docs" / "recipe.md")
+  readme, recipe = one_line(pathlib.Path(REPO, "README.md")), one_line(pathlib.Path(REPO, "docs", "recipe.md"))
   for shape, verb in (("linear", "meets"), ("constant", "fails")):
     of_shape = [v for v in verdicts if v.shape == shape]
     rises = [f"{100 * rise:.1f}" for rise in sorted(v.largest_rise for v in of_shape)]
